@@ -1,0 +1,159 @@
+"""The GPT-2 / nanoGPT transformer, reading and writing an external KV cache.
+
+Parameter names follow nanoGPT (`transformer.wte`, `transformer.h.N.attn.c_attn`, ...) so nanoGPT state
+dicts load as they are; Hugging Face GPT-2 weights load after transposing their Conv1D matrices.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import GPTConfig
+from model.kv_cache import KVCache
+
+
+@dataclass
+class Batch:
+    """One forward's worth of tokens: B sequences, each with T new tokens starting at its own position.
+
+    Sequences are in different slots of the cache and at different positions; the tokens before
+    `start_pos` must already be in the cache.
+    """
+
+    input_ids: torch.Tensor  # [B, T] token ids
+    start_pos: torch.Tensor  # [B] position of input_ids[:, 0] in each sequence
+    slots: torch.Tensor  # [B] cache slot of each sequence
+    start_list: list[int]  # start_pos as Python ints, so shapes are known without a device sync
+
+    @classmethod
+    def make(cls, input_ids: torch.Tensor, start_pos: list[int], slots: list[int]) -> "Batch":
+        device = input_ids.device
+        return cls(
+            input_ids=input_ids,
+            start_pos=torch.tensor(start_pos, dtype=torch.long, device=device),
+            slots=torch.tensor(slots, dtype=torch.long, device=device),
+            start_list=list(start_pos),
+        )
+
+    @property
+    def kv_len(self) -> int:
+        """How many cache positions attention must read: the furthest any sequence reaches."""
+        return max(self.start_list) + self.input_ids.shape[1]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor, layer: int, batch: Batch | None, positions: torch.Tensor,
+                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k, v = k.view(B, T, self.n_head, -1), v.view(B, T, self.n_head, -1)
+        if cache is None or batch is None:  # whole sequences from position 0: training and reference
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        else:
+            cache.write(layer, batch.slots, positions, k, v)
+            keys, values = cache.read(layer, batch.slots, batch.kv_len)
+        causal = mask is None and T > 1
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, layer: int, batch: Batch | None, positions: torch.Tensor,
+                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layer, batch, positions, mask, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+        # Logits are computed for the first `n_logits` ids only: the ids a tokenizer can decode.
+        # nanoGPT pads GPT-2's 50257 to 50304; the padding ids must never be sampled.
+        self.n_logits = config.vocab_size
+
+    def num_params(self) -> int:
+        """Parameter count without double-counting the tied embedding / output matrix."""
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def hidden_states(self, batch: Batch, cache: KVCache) -> torch.Tensor:
+        """Run the transformer over the batch's new tokens, filling the cache; returns [B, T, C] after ln_f."""
+        idx = batch.input_ids
+        T = idx.shape[1]
+        offsets = torch.arange(T, device=idx.device)
+        positions = batch.start_pos[:, None] + offsets  # [B, T]
+        if max(batch.start_list) + T > self.config.block_size:
+            raise ValueError(f"sequence longer than the context ({self.config.block_size} tokens)")
+        mask = self._mask(batch, positions)
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, layer, batch, positions, mask, cache)
+        return self.transformer.ln_f(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head.weight[: self.n_logits])
+
+    def forward(self, batch: Batch, cache: KVCache, all_logits: bool = False) -> torch.Tensor:
+        """Logits for the last new token of each sequence ([B, V]), or for every new token ([B, T, V])."""
+        hidden = self.hidden_states(batch, cache)
+        return self.logits(hidden if all_logits else hidden[:, -1])
+
+    def forward_full(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] for whole sequences starting at position 0, without a cache (training, reference)."""
+        T = idx.shape[1]
+        if T > self.config.block_size:
+            raise ValueError(f"sequence longer than the context ({self.config.block_size} tokens)")
+        positions = torch.arange(T, device=idx.device)[None, :]
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, layer, None, positions, None, None)
+        return self.logits(self.transformer.ln_f(x))
+
+    @staticmethod
+    def _mask(batch: Batch, positions: torch.Tensor) -> torch.Tensor | None:
+        """Boolean [B, 1, T, L] mask letting each token see its own sequence's keys up to itself.
+
+        None when plain causal attention is exact: every sequence starts at 0 (SDPA's is_causal), or a
+        single new token per sequence with all sequences at the same position (nothing to hide).
+        """
+        T = batch.input_ids.shape[1]
+        starts = batch.start_list
+        if all(s == 0 for s in starts) or (T == 1 and all(s == starts[0] for s in starts)):
+            return None
+        keys = torch.arange(batch.kv_len, device=positions.device)
+        return (keys[None, None, None, :] <= positions[:, None, :, None])

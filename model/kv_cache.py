@@ -1,0 +1,61 @@
+"""Preallocated key/value memory for incremental decoding, split into per-sequence slots.
+
+Each running sequence owns one slot: `block_size` positions in every layer. Fixed shapes keep the
+decode step simple (and capturable as a CUDA graph); paged blocks could replace this behind the
+same allocate/free interface.
+"""
+
+import torch
+
+from model.config import GPTConfig
+
+
+class CacheFullError(RuntimeError):
+    """Raised when a slot is requested but every slot is taken."""
+
+
+class KVCache:
+    def __init__(self, config: GPTConfig, n_slots: int, device: torch.device | str, dtype: torch.dtype):
+        if n_slots < 1:
+            raise ValueError("a KV cache needs at least one slot")
+        shape = (config.n_layer, n_slots, config.n_head, config.block_size, config.head_dim)
+        # Zeros, not empty: masked positions still enter attention as 0 * value, and garbage could be NaN.
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.n_slots = n_slots
+        self.block_size = config.block_size
+        self._free = list(range(n_slots - 1, -1, -1))
+
+    def allocate(self) -> int:
+        if not self._free:
+            raise CacheFullError("all KV-cache slots are in use")
+        return self._free.pop()
+
+    def free(self, slot: int) -> None:
+        if not 0 <= slot < self.n_slots or slot in self._free:
+            raise ValueError(f"slot {slot} is not allocated")
+        self._free.append(slot)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    @property
+    def used_slots(self) -> int:
+        return self.n_slots - len(self._free)
+
+    def usage_ratio(self) -> float:
+        return self.used_slots / self.n_slots
+
+    def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v ([B, T, H, D]) at `positions` ([B, T]) of each sequence's slot (`slots`, [B])."""
+        rows = slots[:, None].expand_as(positions)
+        self.k[layer][rows, :, positions] = k
+        self.v[layer][rows, :, positions] = v
+
+    def read(self, layer: int, slots: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the first `length` positions of each slot, as [B, H, length, D]."""
+        return (
+            self.k[layer, :, :, :length].index_select(0, slots),
+            self.v[layer, :, :, :length].index_select(0, slots),
+        )
