@@ -259,7 +259,8 @@ class Engine:
 
     def _decode(self) -> None:
         """Advance every sequence that has a sampled token to feed, in one batched forward."""
-        batch = [r for r in self._running if r.computed == len(r.tokens) - 1]
+        # Ordered by slot, so that a full cache is one consecutive run and attention reads it without a copy.
+        batch = sorted((r for r in self._running if r.computed == len(r.tokens) - 1), key=lambda r: r.slot)
         if not batch:
             return
         ids = torch.tensor([[r.tokens[-1]] for r in batch], device=self.device)

@@ -1,7 +1,9 @@
 """The GPT-2 / nanoGPT transformer, reading and writing an external KV cache.
 
-Parameter names follow nanoGPT (`transformer.wte`, `transformer.h.N.attn.c_attn`, ...) so nanoGPT state
-dicts load as they are; Hugging Face GPT-2 weights load after transposing their Conv1D matrices.
+Parameter names follow nanoGPT (`transformer.wte`, `transformer.h.N.attn.c_attn`, ...). Projection
+matrices are stored as [in, out], GPT-2's Conv1D layout: on the CPU a batch of a few rows times an
+[in, out] matrix runs up to twice as fast as F.linear's [out, in] (docs/BENCHMARKS.md). So Hugging
+Face weights load as they are, and the loader transposes nanoGPT's nn.Linear matrices.
 """
 
 from dataclasses import dataclass
@@ -26,15 +28,18 @@ class Batch:
     start_pos: torch.Tensor  # [B] position of input_ids[:, 0] in each sequence
     slots: torch.Tensor  # [B] cache slot of each sequence
     start_list: list[int]  # start_pos as Python ints, so shapes are known without a device sync
+    slot_span: tuple[int, int] | None  # (first, end) when `slots` is a run first..end-1: read without a gather
 
     @classmethod
     def make(cls, input_ids: torch.Tensor, start_pos: list[int], slots: list[int]) -> "Batch":
         device = input_ids.device
+        run = slots == list(range(slots[0], slots[0] + len(slots)))
         return cls(
             input_ids=input_ids,
             start_pos=torch.tensor(start_pos, dtype=torch.long, device=device),
             slots=torch.tensor(slots, dtype=torch.long, device=device),
             start_list=list(start_pos),
+            slot_span=(slots[0], slots[0] + len(slots)) if run else None,
         )
 
     @property
@@ -43,12 +48,26 @@ class Batch:
         return max(self.start_list) + self.input_ids.shape[1]
 
 
+class Linear(nn.Module):
+    """y = x @ weight + bias with weight stored [in, out] (see the module docstring for why)."""
+
+    def __init__(self, n_in: int, n_out: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out).normal_(0.0, 0.02))
+        self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        y = torch.addmm(self.bias, flat, self.weight) if self.bias is not None else flat @ self.weight
+        return y.view(*x.shape[:-1], -1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, config.bias)
 
     def forward(self, x: torch.Tensor, layer: int, batch: Batch | None, positions: torch.Tensor,
                 mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
@@ -60,7 +79,7 @@ class CausalSelfAttention(nn.Module):
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
         else:
             cache.write(layer, batch.slots, positions, k, v)
-            keys, values = cache.read(layer, batch.slots, batch.kv_len)
+            keys, values = cache.read(layer, batch.slots, batch.slot_span, batch.kv_len)
         causal = mask is None and T > 1
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
@@ -69,8 +88,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
-        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, config.mlp_width, config.bias)
+        self.c_proj = Linear(config.mlp_width, config.n_embd, config.bias)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,6 +125,18 @@ class GPT(nn.Module):
         # Logits are computed for the first `n_logits` ids only: the ids a tokenizer can decode.
         # nanoGPT pads GPT-2's 50257 to 50304; the padding ids must never be sampled.
         self.n_logits = config.vocab_size
+        # An [n_embd, n_logits] copy of the output matrix for inference (see `freeze`); None while training.
+        self._head_t: torch.Tensor | None = None
+
+    def freeze(self, n_logits: int) -> "GPT":
+        """Fix the weights for inference: score `n_logits` ids through a pre-transposed output matrix.
+
+        The tied embedding is [vocab, n_embd]; scoring with it through F.linear is the slowest step of a CPU
+        decode, and an [n_embd, vocab] copy is much faster (docs/BENCHMARKS.md). Costs one extra matrix.
+        """
+        self.n_logits = n_logits
+        self._head_t = self.lm_head.weight[:n_logits].t().contiguous()
+        return self.eval().requires_grad_(False)
 
     def num_params(self) -> int:
         """Parameter count without double-counting the tied embedding / output matrix."""
@@ -126,6 +157,8 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self._head_t is not None:
+            return hidden @ self._head_t
         return F.linear(hidden, self.lm_head.weight[: self.n_logits])
 
     def forward(self, batch: Batch, cache: KVCache, all_logits: bool = False) -> torch.Tensor:

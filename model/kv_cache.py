@@ -53,8 +53,14 @@ class KVCache:
         self.k[layer][rows, :, positions] = k
         self.v[layer][rows, :, positions] = v
 
-    def read(self, layer: int, slots: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the first `length` positions of each slot, as [B, H, length, D]."""
+    def read(self, layer: int, slots: torch.Tensor, span: tuple[int, int] | None,
+             length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the first `length` positions of each slot, as [B, H, length, D].
+
+        When the slots are a consecutive run (`span`), this is a view; otherwise a gather (a copy).
+        """
+        if span is not None:
+            return self.k[layer, span[0]: span[1], :, :length], self.v[layer, span[0]: span[1], :, :length]
         return (
             self.k[layer, :, :, :length].index_select(0, slots),
             self.v[layer, :, :, :length].index_select(0, slots),

@@ -23,7 +23,7 @@ from model.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 GPT2_RANKS = WEIGHTS_DIR / "gpt2.tiktoken"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# Hugging Face GPT-2 stores these as Conv1D ([in, out]); nn.Linear wants [out, in].
+# gptserve and Hugging Face's Conv1D store these [in, out]; nanoGPT's nn.Linear stores them [out, in].
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -157,8 +157,9 @@ def _read_nanogpt(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor], Token
     state = {}
     for key, tensor in ckpt["model"].items():
         key = key.removeprefix("_orig_mod.")
-        if not key.endswith(".attn.bias"):  # nanoGPT's causal-mask buffer (only without flash attention)
-            state[key] = tensor
+        if key.endswith(".attn.bias"):  # nanoGPT's causal-mask buffer (only without flash attention)
+            continue
+        state[key] = tensor.t() if key.endswith(CONV1D_SUFFIXES) and tensor.dim() == 2 else tensor
     dataset = ckpt.get("config", {}).get("dataset") if isinstance(ckpt.get("config"), dict) else None
     meta = _find_meta(path, dataset)
     return config, state, _read_meta(meta) if meta else _gpt2_tokenizer()
@@ -231,7 +232,7 @@ def _read_hf_folder(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor], Tok
             continue
         if not key.startswith(("transformer.", "lm_head.")):
             key = "transformer." + key  # GPT2Model (no LM head) saves keys without the prefix
-        state[key] = tensor.t().contiguous() if key.endswith(CONV1D_SUFFIXES) else tensor
+        state[key] = tensor
     vocab = path / "vocab.json"
     try:
         tokenizer = BPETokenizer.from_vocab_json(vocab) if vocab.is_file() else _gpt2_tokenizer()
@@ -291,12 +292,11 @@ def _build(config: GPTConfig, state: dict[str, torch.Tensor], tokenizer: Tokeniz
     for key, tensor in tqdm(state.items(), desc="loading weights", unit="tensor", disable=not progress, leave=False):
         if key == "lm_head.weight" and not untied:
             continue
-        placed[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        placed[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
     model.load_state_dict(placed, strict=False, assign=True)
     if not untied:
         model.lm_head.weight = model.transformer.wte.weight
-    model.n_logits = tokenizer.n_vocab
-    return model.eval().requires_grad_(False)
+    return model.freeze(tokenizer.n_vocab)
 
 
 def _first_line(e: BaseException) -> str:

@@ -7,6 +7,7 @@ import torch
 
 from model.config import GPTConfig
 from model.gpt import GPT
+from model.loader import CONV1D_SUFFIXES
 
 # A tiny GPT with GPT-2's (padded) vocabulary, so the real BPE tokenizer drives it.
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=128, vocab_size=50304, bias=True, activation="gelu")
@@ -28,10 +29,13 @@ def random_gpt(config: GPTConfig, seed: int = 0, std: float = 0.1) -> GPT:
 
 
 def save_nanogpt(model: GPT, path: Path, compiled: bool = False, dataset: str | None = None) -> Path:
-    """Write `model` as nanoGPT's train.py does: model_args + state dict (+ `_orig_mod.` when compiled)."""
+    """Write `model` as nanoGPT's train.py does: model_args + state dict (+ `_orig_mod.` when compiled).
+
+    nanoGPT's nn.Linear matrices are [out, in], the transpose of gptserve's layout.
+    """
     c = model.config
     prefix = "_orig_mod." if compiled else ""
-    state = {prefix + k: v.clone() for k, v in model.state_dict().items()}
+    state = {prefix + k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).clone() for k, v in model.state_dict().items()}
     ckpt = {
         "model": state,
         "model_args": dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,

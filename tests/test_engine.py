@@ -27,9 +27,7 @@ def tokenizer() -> BPETokenizer:
 
 @pytest.fixture(scope="module")
 def model(tokenizer: BPETokenizer) -> GPT:
-    model = random_gpt(CONFIG, seed=42, std=0.08)
-    model.n_logits = tokenizer.n_vocab
-    return model
+    return random_gpt(CONFIG, seed=42, std=0.08).freeze(tokenizer.n_vocab)
 
 
 @pytest.fixture
@@ -114,7 +112,7 @@ def test_eos_ends_generation_unless_ignored(model: GPT, tokenizer: BPETokenizer)
         eos_model.transformer.ln_f.weight.zero_()
         eos_model.transformer.ln_f.bias.fill_(1.0)
         eos_model.transformer.wte.weight[tokenizer.eos_id] = 5.0
-    eos_model.n_logits = tokenizer.n_vocab
+    eos_model.freeze(tokenizer.n_vocab)
     engine = Engine(eos_model, tokenizer, max_batch_size=2)
     engine.start()
     try:
