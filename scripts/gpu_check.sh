@@ -30,7 +30,7 @@ GPTSERVE_TEST_DEVICE=$DEVICE timeout 150 $PY -m pytest -q -p no:cacheprovider $T
 
 for preset in $PRESETS; do
   echo "== engine benchmark: $preset"
-  timeout 240 $PY -m server.bench_engine --preset "$preset" --device "$DEVICE" --dtype "$DTYPE" \
+  timeout 240 $PY -m server.cli bench --engine --preset "$preset" --device "$DEVICE" --dtype "$DTYPE" \
     --batches "$BATCHES" --new-tokens "$NEW" --repeats "$REPEATS" --json "$OUT/bench_$preset.json" \
     2>/dev/null | tee "$OUT/bench_$preset.txt"
 done

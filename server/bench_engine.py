@@ -119,19 +119,6 @@ def format_rows(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="gpt2", choices=sorted(PRESETS), help="random-weight GPT-2 size")
-    parser.add_argument("--batches", default="1,8", help="comma-separated numbers of concurrent sequences")
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compare", choices=["transformers", "none"], default="transformers")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
-
-
 def main_engine(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     rows = bench_engine(args.preset, [int(b) for b in args.batches.split(",")], args.prompt_len, args.new_tokens,
@@ -141,9 +128,3 @@ def main_engine(args: argparse.Namespace) -> None:
     print(format_rows(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_engine_flags(parser)
-    main_engine(parser.parse_args())

@@ -178,17 +178,6 @@ def plot(reports: list[LevelReport], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def add_http_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="the server to load, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--concurrency", default="1,2,4,8,16,32", help="comma-separated levels")
-    parser.add_argument("--requests", type=int, default=None, help="requests per level (default 2 x level, >= 8)")
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--api-key", default=None)
-    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
-    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of throughput and latency here")
-
-
 def main_http(args: argparse.Namespace) -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     reports = asyncio.run(sweep(args.url, levels, args.requests, args.prompt_len, args.new_tokens, args.api_key))

@@ -1,0 +1,1 @@
+"""HTTP routes: TGI generation, OpenAI completions, and the service routes."""
