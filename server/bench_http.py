@@ -1,6 +1,6 @@
 """`gptserve bench --url`: a streaming load generator against a running server.
 
-Closed loop: at each concurrency level C, C workers each send a request, read its stream to the end,
+Closed loop: for each prompt length and output length given, at each concurrency level C, C workers each send a request, read its stream to the end,
 and send the next, until the level's requests are done. Metrics follow vLLM's and TGI's benchmark
 tools: TTFT (request sent → first token), ITL (gaps between consecutive tokens), TPOT ((end-to-end −
 TTFT) / (tokens − 1)), end-to-end latency, requests/s and output tokens/s over the level's wall time.
@@ -29,6 +29,8 @@ class RequestResult:
 
 @dataclass
 class LevelReport:
+    prompt_len: int
+    new_tokens: int
     concurrency: int
     requests: int
     errors: int
@@ -94,8 +96,9 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: str, new_toke
     return result
 
 
-async def run_level(url: str, concurrency: int, n_requests: int, prompt: str, new_tokens: int, headers: dict,
+async def run_level(url: str, concurrency: int, n_requests: int, prompt_len: int, new_tokens: int, headers: dict,
                     bar: tqdm) -> LevelReport:
+    prompt = make_prompt(prompt_len)
     results: list[RequestResult] = []
     remaining = list(range(n_requests))
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -116,7 +119,7 @@ async def run_level(url: str, concurrency: int, n_requests: int, prompt: str, ne
     tpot = [(r.e2e - r.ttft) / (r.tokens - 1) for r in good if r.tokens > 1]
     e2e = [r.e2e for r in good]
     return LevelReport(
-        concurrency=concurrency, requests=len(results), errors=len(results) - len(good), duration_s=duration,
+        prompt_len=prompt_len, new_tokens=new_tokens, concurrency=concurrency, requests=len(results), errors=len(results) - len(good), duration_s=duration,
         requests_per_s=len(good) / duration, output_tokens_per_s=sum(r.tokens for r in good) / duration,
         ttft_p50=percentile(ttft, 50), ttft_p90=percentile(ttft, 90), ttft_p99=percentile(ttft, 99),
         itl_p50=percentile(itl, 50), itl_p90=percentile(itl, 90), itl_p99=percentile(itl, 99),
@@ -124,16 +127,16 @@ async def run_level(url: str, concurrency: int, n_requests: int, prompt: str, ne
         e2e_p50=percentile(e2e, 50), e2e_p90=percentile(e2e, 90), e2e_p99=percentile(e2e, 99))
 
 
-async def sweep(url: str, levels: list[int], requests_per_level: int | None, prompt_len: int, new_tokens: int,
-                api_key: str | None, progress: bool = True) -> list[LevelReport]:
+async def sweep(url: str, levels: list[int], requests_per_level: int | None, prompt_lens: list[int],
+                new_tokens: list[int], api_key: str | None, progress: bool = True) -> list[LevelReport]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    prompt = make_prompt(prompt_len)
-    counts = [requests_per_level or max(2 * c, 8) for c in levels]
+    points = [(p, n, c) for p in prompt_lens for n in new_tokens for c in levels]
+    counts = [requests_per_level or max(2 * c, 8) for _, _, c in points]
     reports = []
     with tqdm(total=sum(counts), unit="req", desc="bench", disable=not progress) as bar:
-        for level, n in zip(levels, counts):
-            bar.set_postfix(concurrency=level)
-            reports.append(await run_level(url, level, n, prompt, new_tokens, headers, bar))
+        for (prompt_len, n_new, level), n in zip(points, counts):
+            bar.set_postfix(prompt=prompt_len, new=n_new, concurrency=level)
+            reports.append(await run_level(url, level, n, prompt_len, n_new, headers, bar))
     return reports
 
 
@@ -141,52 +144,55 @@ def format_table(reports: list[LevelReport]) -> str:
     def trio(a: float, b: float, c: float) -> str:
         return f"{a * 1000:.1f}/{b * 1000:.1f}/{c * 1000:.1f}"
 
-    header = f"{'conc':>5} {'reqs':>5} {'err':>4} {'req/s':>7} {'tok/s':>8} {'TTFT ms p50/p90/p99':>22} " \
+    header = f"{'prompt':>6} {'new':>4} {'conc':>5} {'reqs':>5} {'err':>4} {'req/s':>7} {'tok/s':>8} {'TTFT ms p50/p90/p99':>22} " \
              f"{'ITL ms p50/p90/p99':>20} {'e2e s p50':>9}"
     lines = [header]
     for r in reports:
-        lines.append(f"{r.concurrency:>5} {r.requests:>5} {r.errors:>4} {r.requests_per_s:>7.2f} "
+        lines.append(f"{r.prompt_len:>6} {r.new_tokens:>4} {r.concurrency:>5} {r.requests:>5} {r.errors:>4} {r.requests_per_s:>7.2f} "
                      f"{r.output_tokens_per_s:>8.1f} {trio(r.ttft_p50, r.ttft_p90, r.ttft_p99):>22} "
                      f"{trio(r.itl_p50, r.itl_p90, r.itl_p99):>20} {r.e2e_p50:>9.2f}")
     return "\n".join(lines)
 
 
-def plot(reports: list[LevelReport], path: Path, title: str) -> None:
+def plot(reports: list[LevelReport], path: Path) -> None:
+    """Throughput and latency against concurrency, one line per (prompt length, output length)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    conc = [r.concurrency for r in reports]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(conc, [r.output_tokens_per_s for r in reports], marker="o")
-    left.set_xlabel("concurrent streams")
-    left.set_ylabel("output tokens/s")
-    left.set_xscale("log", base=2)
-    left.grid(True, alpha=0.3)
-    for name, attr in [("TTFT p50", "ttft_p50"), ("TTFT p99", "ttft_p99"), ("ITL p50", "itl_p50"), ("ITL p99", "itl_p99")]:
-        right.plot(conc, [getattr(r, attr) * 1000 for r in reports], marker="o", label=name)
-    right.set_xlabel("concurrent streams")
-    right.set_ylabel("ms")
-    right.set_xscale("log", base=2)
-    right.set_yscale("log")
-    right.legend()
-    right.grid(True, alpha=0.3)
-    fig.suptitle(title)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for shape in dict.fromkeys((r.prompt_len, r.new_tokens) for r in reports):
+        rows = [r for r in reports if (r.prompt_len, r.new_tokens) == shape]
+        conc = [r.concurrency for r in rows]
+        label = f"{shape[0]}+{shape[1]}"
+        left.plot(conc, [r.output_tokens_per_s for r in rows], marker="o", label=label)
+        right.plot(conc, [r.ttft_p50 * 1000 for r in rows], marker="o", label=f"TTFT p50 {label}")
+        right.plot(conc, [r.itl_p50 * 1000 for r in rows], marker="s", linestyle="--", label=f"ITL p50 {label}")
+    left.set(xlabel="concurrent streams", ylabel="output tokens/s", xscale="log")
+    right.set(xlabel="concurrent streams", ylabel="ms", xscale="log", yscale="log")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("gptserve bench (prompt+new tokens)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
 def main_http(args: argparse.Namespace) -> None:
-    levels = [int(c) for c in args.concurrency.split(",")]
-    reports = asyncio.run(sweep(args.url, levels, args.requests, args.prompt_len, args.new_tokens, args.api_key))
-    print(f"HTTP benchmark: {args.url}, prompt {args.prompt_len} + {args.new_tokens} new tokens")
+    def numbers(text: str) -> list[int]:
+        return [int(x) for x in text.split(",")]
+
+    reports = asyncio.run(sweep(args.url, numbers(args.concurrency), args.requests, numbers(args.prompt_len),
+                                numbers(args.new_tokens), args.api_key))
+    print(f"HTTP benchmark: {args.url} (ITL: gaps between tokens; TTFT: request sent to first token)")
     print(format_table(reports))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in reports], indent=2))
     if args.plot:
-        plot(reports, args.plot, f"gptserve bench: prompt {args.prompt_len} + {args.new_tokens} tokens")
+        plot(reports, args.plot)
     failed = sum(r.errors for r in reports)
     if failed:
         print(f"warning: {failed} requests failed")

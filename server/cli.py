@@ -129,6 +129,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
         if args.preset not in PRESETS:
             fail(f"--preset {args.preset!r} is not one of {', '.join(PRESETS)}")
+        try:
+            args.prompt_len, args.new_tokens = int(args.prompt_len), int(args.new_tokens)
+        except ValueError:
+            fail("--engine takes one --prompt-len and one --new-tokens")
         main_engine(args)
     else:
         from server.bench_http import main_http
@@ -160,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     bench = sub.add_parser("bench", help="measure throughput and latency (--url URL, or --engine)")
-    bench.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per request")
-    bench.add_argument("--new-tokens", type=int, default=64, help="generated tokens per request (EOS ignored)")
+    bench.add_argument("--prompt-len", default="128", help="prompt tokens per request (--url: a comma list sweeps)")
+    bench.add_argument("--new-tokens", default="64", help="generated tokens per request, EOS ignored (--url: a comma "
+                                                          "list sweeps)")
     bench.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     http = bench.add_argument_group("against a running server")
     http.add_argument("--url", help="the server to load, e.g. http://127.0.0.1:8000")

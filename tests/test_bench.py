@@ -9,14 +9,14 @@ from tests.server_util import Server, run_cli
 def test_bench_url_prints_the_table_and_writes_json_and_plot(tiny_ckpt: Path, tmp_path: Path) -> None:
     with Server(tiny_ckpt, "--max-batch-size", "4") as server:
         result = run_cli("bench", "--url", server.url, "--concurrency", "1,4", "--requests", "8", "--prompt-len", "16",
-                         "--new-tokens", "8", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
+                         "--new-tokens", "4,8", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
                          timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["conc", "reqs"])
-    assert [line.split()[0] for line in lines[header + 1: header + 3]] == ["1", "4"]
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["prompt", "new", "conc"])
+    assert [line.split()[1:3] for line in lines[header + 1: header + 5]] == [["4", "1"], ["4", "4"], ["8", "1"], ["8", "4"]]
     levels = json.loads((tmp_path / "b.json").read_text())
-    assert [lv["concurrency"] for lv in levels] == [1, 4]
+    assert [(lv["new_tokens"], lv["concurrency"]) for lv in levels] == [(4, 1), (4, 4), (8, 1), (8, 4)]
     for level in levels:
         assert level["requests"] == 8 and level["errors"] == 0
         assert level["output_tokens_per_s"] > 0 and 0 < level["ttft_p50"] <= level["ttft_p99"]
