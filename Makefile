@@ -21,4 +21,5 @@ serve: install
 	$(BIN)/gptserve serve
 
 test: install
+	bash scripts/install_test_tools.sh  # chromium, prometheus (apt-get, root only); else those tests skip
 	$(BIN)/python -m pytest -q

@@ -19,7 +19,7 @@ from model.loader import LoadedModel
 from server.config import Settings
 from server.errors import APIError, describe_validation, error_body, error_headers
 from server.middleware import GatewayMiddleware
-from server.routes import generate, misc, openai
+from server.routes import generate, misc, openai, playground
 from server.runtime import VERSION, Runtime
 
 HTTP_KINDS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None, loaded: LoadedModel | None = No
     app.include_router(generate.router)
     app.include_router(openai.router)
     app.include_router(misc.router)
-    own_routes = [*generate.router.routes, *openai.router.routes, *misc.router.routes, *app.router.routes]
+    app.include_router(playground.router)
+    own_routes = [*generate.router.routes, *openai.router.routes, *misc.router.routes, *playground.router.routes,
+                  *app.router.routes]
     app.add_middleware(GatewayMiddleware, runtime=runtime, routes_of=lambda: own_routes)
     return app
