@@ -6,6 +6,7 @@ reported at once.
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -189,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a small CPU the spinning
+    # starves the HTTP thread and the engine's own Python work (HTTP throughput +26-35% measured at 1 and 8
+    # streams, docs/BENCHMARKS.md). A value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         import torch
