@@ -12,11 +12,13 @@ Reproduce the bundled weights (CPU, about 50 minutes on 2 cores):
 """
 
 import argparse
+import contextlib
+import ctypes
 import json
 import math
-import random
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +31,7 @@ from tqdm import tqdm  # noqa: E402
 
 from model.config import GPTConfig  # noqa: E402
 from model.gpt import GPT  # noqa: E402
+from model.loader import load_model  # noqa: E402
 from model.tokenizer import BPETokenizer  # noqa: E402
 
 WEIGHTS_DIR = REPO / "weights"
@@ -46,8 +49,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-head", type=int, default=8)
     p.add_argument("--n-embd", type=int, default=256)
     p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--min-lr", type=float, default=1e-4, help="learning rate at the end of the cosine decay")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
@@ -60,6 +63,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from <ckpt-dir>/ckpt.pt")
     return p.parse_args()
+
+
+def keep_freed_memory() -> None:
+    """Stop glibc from handing large freed blocks back to the OS.
+
+    Each step allocates and frees about a gigabyte of logits and their gradients; by default glibc
+    unmaps those blocks, so the next step page-faults all of it in again, which doubles a CPU step.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+    libc.mallopt(m_top_pad, 1 << 30)
 
 
 def load_corpus(data_dir: Path, tokenizer: BPETokenizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,8 +139,9 @@ def get_batch(data: torch.Tensor, block: int, batch: int, gen: torch.Generator, 
 
 @torch.no_grad()
 def evaluate(model: GPT, data: torch.Tensor, block: int, batch: int, windows: int, device: torch.device,
-             autocast: torch.autocast) -> float:
+             autocast: contextlib.AbstractContextManager) -> float:
     """Mean cross-entropy (nats/token) over non-overlapping windows of the stream; the first `windows` (0 = all)."""
+    was_training = model.training
     model.eval()
     n = (len(data) - 1) // block
     if windows:
@@ -135,7 +155,7 @@ def evaluate(model: GPT, data: torch.Tensor, block: int, batch: int, windows: in
             logits = model.forward_full(x)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
         count += y.numel()
-    model.train()
+    model.train(was_training)
     return total / count
 
 
@@ -169,14 +189,20 @@ def hf_config(config: GPTConfig) -> dict:
 
 
 def export(model: GPT, out_dir: Path) -> Path:
-    """Write config.json and a float16 model.safetensors with Hugging Face key names and Conv1D layout."""
+    """Write config.json and a float16 model.safetensors with Hugging Face key names and Conv1D layout.
+
+    Hugging Face keeps projection matrices [in, out]; a projection that is an nn.Linear ([out, in]) is
+    transposed, gptserve's own [in, out] projections are written as they are.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, tensor in model.state_dict().items():
         if key == "lm_head.weight":  # tied to transformer.wte.weight; transformers re-ties it on load
             continue
         t = tensor.detach().to("cpu", torch.float16)
-        state[key] = (t.t() if key.endswith(CONV1D_SUFFIXES) else t).contiguous()
+        if key.endswith(CONV1D_SUFFIXES) and isinstance(model.get_submodule(key.removesuffix(".weight")), torch.nn.Linear):
+            t = t.t()
+        state[key] = t.contiguous()
     (out_dir / "config.json").write_text(json.dumps(hf_config(model.config), indent=2) + "\n", encoding="utf-8")
     path = out_dir / "model.safetensors"
     save_file(state, str(path), metadata={"format": "pt"})
@@ -185,11 +211,11 @@ def export(model: GPT, out_dir: Path) -> Path:
 
 def main() -> None:
     args = parse_args()
+    keep_freed_memory()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     # bf16 autocast: tensor cores on a GPU, AMX on recent Xeons; weights and optimizer state stay float32.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
-    random.seed(args.seed)
     torch.manual_seed(args.seed)
     tokenizer = BPETokenizer.from_ranks_file(WEIGHTS_DIR / "gpt2.tiktoken")
     train, val = load_corpus(args.data_dir, tokenizer)
@@ -217,10 +243,11 @@ def main() -> None:
         args.ckpt_dir.mkdir(parents=True, exist_ok=True)
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-                    "step": at, "config": vars(config)}, tmp)
+                    "step": at, "config": asdict(config)}, tmp)
         tmp.replace(ckpt_path)  # a crash mid-save never leaves a truncated checkpoint
 
     model.train()
+    start_step = step
     started = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, unit="step", mininterval=5)
     smooth = None
@@ -245,12 +272,17 @@ def main() -> None:
             save(done)
     elapsed = time.time() - started
 
-    train_loss = evaluate(model, train, args.block_size, args.batch_size, len(val) // args.block_size, device, autocast)
-    val_loss = evaluate(model, val, args.block_size, args.batch_size, 0, device, autocast)
+    print(f"trained {args.steps - start_step} steps in {elapsed / 60:.1f} min")
     path = export(model, args.out_dir)
-    print(f"trained {args.steps} steps in {elapsed / 60:.1f} min; final loss on {len(val) // args.block_size} train "
-          f"windows {train_loss:.3f}, on all validation windows {val_loss:.3f}")
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {args.out_dir / 'config.json'}")
+    # Measure what ships: the float16 file read back by gptserve's loader, evaluated in float32.
+    shipped = load_model(str(args.out_dir), device=str(device), dtype="float32", progress=False).model
+    windows = (len(val) - 1) // args.block_size
+    fp32 = contextlib.nullcontext()
+    train_loss = evaluate(shipped, train, args.block_size, args.batch_size, windows, device, fp32)
+    val_loss = evaluate(shipped, val, args.block_size, args.batch_size, 0, device, fp32)
+    print(f"exported model: loss {train_loss:.3f} on the first {windows} train windows, "
+          f"{val_loss:.3f} on all {windows} validation windows")
 
 
 if __name__ == "__main__":
