@@ -5,9 +5,10 @@ SPEC's; what needs the tokenizer (prompt length against the context) is checked 
 """
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP = 8
 MAX_TOP_N = 5
@@ -22,10 +23,15 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-def _neutral(value: Any, allowed: str, ok: bool) -> Any:
-    if not ok:
-        raise ValueError(f"is not supported by this server: only {allowed} is accepted (got {_show(value)})")
-    return value
+def _only(allowed: str, ok: Callable[[Any], bool]) -> Any:
+    """A field type for a feature this server lacks: it accepts the neutral value(s) only, else a 422."""
+
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError(f"is not supported by this server: only {allowed} is accepted (got {_show(value)})")
+        return value
+
+    return Annotated[Any, AfterValidator(check)]
 
 
 def _show(value: Any) -> str:
@@ -34,6 +40,12 @@ def _show(value: Any) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+OnlyNull = _only("null", lambda v: v is None)
+OnlyFalse = _only("false", lambda v: v is None or v is False)
+OnlyOne = _only("1", lambda v: v is None or (type(v) is int and v == 1))
+OnlyEmpty = _only("null or {}", lambda v: v is None or v == {})
 
 
 # ---------------------------------------------------------------- TGI
@@ -61,30 +73,10 @@ class GenerateParameters(Request):
     truncate: int | None = Field(None, ge=1)
     ignore_eos: bool | None = None
     # TGI's other fields, accepted at their neutral values only.
-    watermark: Any = Field(None, description="only false/null")
-    best_of: Any = Field(None, description="only 1/null")
-    grammar: Any = Field(None, description="only null")
-    adapter_id: Any = Field(None, description="only null")
-
-    @field_validator("watermark")
-    @classmethod
-    def _watermark(cls, v: Any) -> Any:
-        return _neutral(v, "false", v is None or v is False)
-
-    @field_validator("best_of")
-    @classmethod
-    def _best_of(cls, v: Any) -> Any:
-        return _neutral(v, "1", v is None or (type(v) is int and v == 1))
-
-    @field_validator("grammar")
-    @classmethod
-    def _grammar(cls, v: Any) -> Any:
-        return _neutral(v, "null", v is None)
-
-    @field_validator("adapter_id")
-    @classmethod
-    def _adapter_id(cls, v: Any) -> Any:
-        return _neutral(v, "null", v is None)
+    watermark: OnlyFalse = Field(None, description="only false/null")
+    best_of: OnlyOne = Field(None, description="only 1/null")
+    grammar: OnlyNull = Field(None, description="only null")
+    adapter_id: OnlyNull = Field(None, description="only null")
 
 
 class GenerateRequest(Request):
@@ -176,9 +168,9 @@ class CompletionRequest(Request):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     user: str | None = None
     # OpenAI's other fields, accepted at their neutral values only.
-    best_of: Any = Field(None, description="only 1/null")
-    suffix: Any = Field(None, description="only null")
-    logit_bias: Any = Field(None, description="only null or {}")
+    best_of: OnlyOne = Field(None, description="only 1/null")
+    suffix: OnlyNull = Field(None, description="only null")
+    logit_bias: OnlyEmpty = Field(None, description="only null or {}")
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -214,21 +206,6 @@ class CompletionRequest(Request):
         if any(not s for s in items):
             raise ValueError("must not contain an empty string")
         return v
-
-    @field_validator("best_of")
-    @classmethod
-    def _best_of(cls, v: Any) -> Any:
-        return _neutral(v, "1", v is None or (type(v) is int and v == 1))
-
-    @field_validator("suffix")
-    @classmethod
-    def _suffix(cls, v: Any) -> Any:
-        return _neutral(v, "null", v is None)
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _logit_bias(cls, v: Any) -> Any:
-        return _neutral(v, "null or {}", v is None or v == {})
 
 
 class CompletionLogprobs(BaseModel):
