@@ -37,7 +37,6 @@ from model.tokenizer import BPETokenizer  # noqa: E402
 WEIGHTS_DIR = REPO / "weights"
 # Held out for validation, chosen by name (a tragedy, a comedy and a Roman play, none of them tiny).
 HELDOUT_PLAYS = ("julius_caesar_gut", "macbeth_gut", "twelfth_night_gut")
-CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def parse_args() -> argparse.Namespace:
@@ -191,18 +190,15 @@ def hf_config(config: GPTConfig) -> dict:
 def export(model: GPT, out_dir: Path) -> Path:
     """Write config.json and a float16 model.safetensors with Hugging Face key names and Conv1D layout.
 
-    Hugging Face keeps projection matrices [in, out]; a projection that is an nn.Linear ([out, in]) is
-    transposed, gptserve's own [in, out] projections are written as they are.
+    gptserve's GPT already keeps projection matrices [in, out] under GPT-2's names, as Hugging Face does,
+    so the state dict is written as it is.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, tensor in model.state_dict().items():
         if key == "lm_head.weight":  # tied to transformer.wte.weight; transformers re-ties it on load
             continue
-        t = tensor.detach().to("cpu", torch.float16)
-        if key.endswith(CONV1D_SUFFIXES) and isinstance(model.get_submodule(key.removesuffix(".weight")), torch.nn.Linear):
-            t = t.t()
-        state[key] = t.contiguous()
+        state[key] = tensor.detach().to("cpu", torch.float16).contiguous()
     (out_dir / "config.json").write_text(json.dumps(hf_config(model.config), indent=2) + "\n", encoding="utf-8")
     path = out_dir / "model.safetensors"
     save_file(state, str(path), metadata={"format": "pt"})
