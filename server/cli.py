@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a small CPU the spinning
-    # starves the HTTP thread and the engine's own Python work (HTTP throughput +26-35% measured at 1 and 8
+    # starves the HTTP thread and the engine's own Python work (HTTP throughput +19-35% measured at 1 and 8
     # streams, docs/BENCHMARKS.md). A value the user set wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
