@@ -46,6 +46,13 @@ COPY server/ server/
 COPY weights/ weights/
 RUN pip install --no-cache-dir /src \
     && python -c "import server.app, model.loader; print('gptserve installed')"
+# The native CPU matmul kernels (model/cpu_kernels.py), compiled here so that the runtime image needs no
+# compiler; on a base without one the server falls back to torch's kernels. Fixed AVX-512 flags: portable.
+# hadolint ignore=DL3008
+RUN if [ "$BASE" = "cpu" ]; then \
+        apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
+        && python -m model.cpu_kernels "$(python -c 'import model, os; print(os.path.dirname(model.__file__))')/kernels"; \
+    fi
 
 # ---- runtime ------------------------------------------------------------------------------------------
 # hadolint ignore=DL3006

@@ -14,6 +14,7 @@ from torch import nn
 
 from model.config import GPTConfig
 from model.kv_cache import KVCache
+from model.matmul import FrozenWeight
 
 
 @dataclass
@@ -55,10 +56,14 @@ class Linear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_in, n_out).normal_(0.0, 0.02))
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+        self.frozen: FrozenWeight | None = None  # set by GPT.freeze: the fastest kernel per call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        y = torch.addmm(self.bias, flat, self.weight) if self.bias is not None else flat @ self.weight
+        if self.frozen is not None:
+            y = self.frozen(flat)
+        else:
+            y = torch.addmm(self.bias, flat, self.weight) if self.bias is not None else flat @ self.weight
         return y.view(*x.shape[:-1], -1)
 
 
@@ -126,16 +131,21 @@ class GPT(nn.Module):
         # nanoGPT pads GPT-2's 50257 to 50304; the padding ids must never be sampled.
         self.n_logits = config.vocab_size
         # An [n_embd, n_logits] copy of the output matrix for inference (see `freeze`); None while training.
-        self._head_t: torch.Tensor | None = None
+        self._head: FrozenWeight | None = None
 
     def freeze(self, n_logits: int) -> "GPT":
         """Fix the weights for inference: score `n_logits` ids through a pre-transposed output matrix.
 
         The tied embedding is [vocab, n_embd]; scoring with it through F.linear is the slowest step of a CPU
-        decode, and an [n_embd, vocab] copy is much faster (docs/BENCHMARKS.md). Costs one extra matrix.
+        decode, and an [n_embd, vocab] copy is much faster (docs/BENCHMARKS.md). On the CPU every
+        projection also gets the layouts of the faster kernels (model/matmul.py). Costs memory: one output
+        matrix on a GPU; on the CPU one more copy of the weights (two in bfloat16).
         """
         self.n_logits = n_logits
-        self._head_t = self.lm_head.weight[:n_logits].t().contiguous()
+        self._head = FrozenWeight.make(self.lm_head.weight[:n_logits].t().contiguous(), None)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.frozen = FrozenWeight.make(module.weight, module.bias)
         return self.eval().requires_grad_(False)
 
     def num_params(self) -> int:
@@ -157,8 +167,8 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self._head_t is not None:
-            return hidden @ self._head_t
+        if self._head is not None:
+            return self._head(hidden.reshape(-1, hidden.shape[-1])).view(*hidden.shape[:-1], -1)
         return F.linear(hidden, self.lm_head.weight[: self.n_logits])
 
     def forward(self, batch: Batch, cache: KVCache, all_logits: bool = False) -> torch.Tensor:

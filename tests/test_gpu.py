@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.engine import Engine
-from model.gpt import Batch
+from model.gpt import GPT, Batch, Linear
 from model.kv_cache import KVCache
 from model.loader import load_model
 from model.sampling import SamplingParams
@@ -32,6 +32,41 @@ def test_logits_within_dtype_tolerance_of_float32(tiny_ckpt: Path, dtype: str, t
     assert (got - expected).abs().max().item() <= tol * max(scale, 1.0)
     # The most likely next token agrees almost everywhere.
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() > 0.9
+
+
+def plain_torch(model: GPT) -> GPT:
+    """The model with every product through plain torch matmuls: the reference for the fast kernels."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.frozen = None
+    model._head = None
+    return model
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 0.1)])
+@pytest.mark.parametrize("batch", [1, 2, 3, 8, 17])
+def test_decode_steps_within_dtype_tolerance_of_plain_float32(tiny_ckpt: Path, dtype: str, tol: float,
+                                                              batch: int) -> None:
+    """Every decode batch size takes its own kernel (model/matmul.py); each must agree with plain float32."""
+    ref = plain_torch(load_model(str(tiny_ckpt), device="cpu", dtype="float32").model)
+    fast = load_model(str(tiny_ckpt), device=DEVICE, dtype=dtype).model
+    cache = KVCache(fast.config, batch, DEVICE, next(fast.parameters()).dtype)
+    torch.manual_seed(batch)
+    seqs = [torch.randint(0, 50257, (3 + slot,)).tolist() for slot in range(batch)]
+    with torch.inference_mode():
+        for slot, s in enumerate(seqs):
+            fast(Batch.make(torch.tensor([s], device=DEVICE), [0], [slot]), cache)
+        for _ in range(3):
+            nxt = torch.randint(0, 50257, (batch,)).tolist()
+            ids = torch.tensor([[t] for t in nxt], device=DEVICE)
+            got = fast(Batch.make(ids, [len(s) for s in seqs], list(range(batch))), cache).float().cpu()
+            for row, s in enumerate(seqs):
+                s.append(nxt[row])
+                expected = ref.forward_full(torch.tensor([s]))[0, -1]
+                scale = max(expected.abs().max().item(), 1.0)
+                assert (got[row] - expected).abs().max().item() <= tol * scale
+                if dtype == "float32":
+                    assert got[row].argmax().item() == expected.argmax().item()
 
 
 def test_cached_decoding_equals_recomputation_on_device(tiny_ckpt: Path) -> None:

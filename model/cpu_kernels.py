@@ -1,0 +1,134 @@
+"""The native CPU matmul kernels (model/kernels/skinny_gemm.c): build once, load with ctypes, call.
+
+torch's own kernels leave speed on the table for the few-row products of a decode step: MKL re-packs
+the weights on every call for 2-16 rows, and oneDNN's bfloat16 GEMV reads at about half the memory
+bandwidth (docs/BENCHMARKS.md, "Matmul kernels"). The C file is small and built by the system C compiler
+the first time it is needed, into a cache folder, or ahead of time (`python -m model.cpu_kernels DIR`,
+as the Dockerfile does). Where there is no compiler, no AVX-512 or no Linux, `load()` says why once
+and returns None, and the model runs on torch's kernels.
+"""
+
+import ctypes
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels") / "skinny_gemm.c"
+# Fixed AVX-512 flags rather than -march=native, so that one build serves every AVX-512 machine (an image
+# built on one host runs on another); what the CPU supports is checked at load time.
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+PANEL = 32  # output columns per weight panel; must match the C file
+
+
+@dataclass(frozen=True)
+class Kernels:
+    lib: ctypes.CDLL
+    bf16: bool  # whether the CPU has AVX512-BF16 (the float32 kernel needs only AVX-512F)
+
+
+def library_name() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    return f"skinny_gemm-{digest}.so"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gptserve"
+
+
+def build(folder: Path) -> Path:
+    """Compile the library into `folder` (atomically: concurrent builders never see half a file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / library_name()
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False) as tmp:
+        partial = Path(tmp.name)
+    try:
+        subprocess.run([os.environ.get("CC", "cc"), *FLAGS, "-o", str(partial), str(SOURCE)],
+                       check=True, capture_output=True, text=True, timeout=120)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _find_or_build() -> Path:
+    for folder in (SOURCE.parent, cache_dir(), Path(tempfile.gettempdir()) / "gptserve"):
+        if (folder / library_name()).is_file():
+            return folder / library_name()
+    errors = []
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / "gptserve"):
+        try:
+            return build(folder)
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", None) or str(exc)
+            errors.append(f"{folder}: {detail.strip().splitlines()[-1] if detail.strip() else exc}")
+    raise OSError("; ".join(errors))
+
+
+@cache
+def load() -> Kernels | None:
+    """The loaded kernels, or None (with one log line saying why) where they cannot run."""
+    flags = _cpu_flags()
+    if sys.platform != "linux" or "avx512f" not in flags:
+        log.info("native CPU kernels off: they need Linux and AVX-512; using torch's kernels")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_find_or_build()))
+    except OSError as exc:
+        log.warning("native CPU kernels off (could not build or load them: %s); using torch's kernels", exc)
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    for fn in (lib.gs_matmul_f32, lib.gs_matmul_bf16):
+        fn.argtypes = [pointer, size, size, pointer, size, pointer, pointer]
+        fn.restype = None
+    return Kernels(lib, bf16="avx512_bf16" in flags)
+
+
+def pack(weight_in_out: torch.Tensor) -> torch.Tensor:
+    """The panel layout the kernels read: [P, K, 32] for float32, [P, K/2, 32, 2] for bfloat16 (K padded to even)."""
+    K, N = weight_in_out.shape
+    panels = -(-N // PANEL)
+    if weight_in_out.dtype == torch.float32:
+        padded = weight_in_out.new_zeros(K, panels * PANEL)
+        padded[:, :N] = weight_in_out
+        return padded.view(K, panels, PANEL).permute(1, 0, 2).contiguous()
+    padded = weight_in_out.new_zeros(K + K % 2, panels * PANEL)
+    padded[:K, :N] = weight_in_out
+    return padded.view(-1, 2, panels, PANEL).permute(2, 0, 3, 1).contiguous()
+
+
+def matmul(kernels: Kernels, x: torch.Tensor, packed: torch.Tensor, n_out: int,
+           bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] @ W + bias -> [M, n_out], with W as `pack` laid it out; x float32 or bfloat16 like W."""
+    if x.dtype == torch.bfloat16 and x.shape[1] % 2:
+        x = torch.nn.functional.pad(x, (0, 1))
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], n_out, dtype=x.dtype)
+    fn = kernels.lib.gs_matmul_f32 if x.dtype == torch.float32 else kernels.lib.gs_matmul_bf16
+    fn(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), n_out,
+       bias.data_ptr() if bias is not None else None, y.data_ptr())
+    return y
+
+
+if __name__ == "__main__":  # python -m model.cpu_kernels DIR: build ahead of time (the Dockerfile)
+    print(build(Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE.parent))

@@ -1,0 +1,61 @@
+"""x @ W for inference, through the kernel measured fastest for the device, dtype and number of rows.
+
+Measured on an AVX-512 Xeon, 2 threads (docs/BENCHMARKS.md, "Matmul kernels"):
+- float32: the native panel kernel (model/cpu_kernels.py) for 2-16 rows (a decode step of a batch): 1.2-1.4x
+  MKL over a whole step at 8 sequences, as MKL re-packs the matrix on every such call. MKL for one row
+  (its GEMV already reads at memory bandwidth, and measured ~10% faster inside a step) and for more than
+  16 (a prefill chunk, ~5% faster).
+- bfloat16: the native kernel for 1-2 rows (1.3-1.8x oneDNN's GEMV); oneDNN over its reordered copy from
+  3 rows on, where its AMX kernels win (and 1.5x over plain bfloat16 matmul at every size).
+- elsewhere (a GPU, a CPU without AVX-512): torch's matmul over the plain [in, out] matrix.
+Each extra layout is one more copy of the weights, made once by `FrozenWeight.make`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from model import cpu_kernels
+
+NATIVE_F32_ROWS = range(2, 17)
+NATIVE_BF16_ROWS = range(1, 3)
+
+
+@dataclass
+class FrozenWeight:
+    plain: torch.Tensor  # [in, out]
+    bias: torch.Tensor | None
+    panels: torch.Tensor | None  # the native kernel's layout
+    onednn: torch.Tensor | None  # oneDNN's reordered copy
+    kernels: cpu_kernels.Kernels | None
+
+    @classmethod
+    def make(cls, plain: torch.Tensor, bias: torch.Tensor | None) -> "FrozenWeight":
+        plain = plain.detach()
+        kernels = cpu_kernels.load() if plain.device.type == "cpu" else None
+        native = kernels is not None and (
+            plain.dtype == torch.float32 or (plain.dtype == torch.bfloat16 and kernels.bf16))
+        return cls(
+            plain=plain,
+            bias=None if bias is None else bias.detach().contiguous(),
+            panels=cpu_kernels.pack(plain) if native else None,
+            onednn=_onednn_copy(plain) if plain.dtype == torch.bfloat16 else None,
+            kernels=kernels if native else None,
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [rows, in] -> [rows, out]."""
+        rows = x.shape[0]
+        if self.panels is not None and rows in (NATIVE_F32_ROWS if x.dtype == torch.float32 else NATIVE_BF16_ROWS):
+            return cpu_kernels.matmul(self.kernels, x, self.panels, self.plain.shape[1], self.bias)
+        if self.onednn is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.onednn, self.bias, "none", [], "")
+        return torch.addmm(self.bias, x, self.plain) if self.bias is not None else x @ self.plain
+
+
+def _onednn_copy(plain: torch.Tensor) -> torch.Tensor | None:
+    if plain.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    return torch.ops.mkldnn._reorder_linear_weight(plain.t().contiguous())

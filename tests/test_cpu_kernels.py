@@ -1,0 +1,61 @@
+"""The native CPU kernels against torch's float32 matmul, on every row count, tail and padding they handle."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import cpu_kernels
+
+CAN_BUILD = "avx512f" in cpu_kernels._cpu_flags() and shutil.which("cc") is not None
+
+
+def test_kernels_load_wherever_they_can_be_built() -> None:
+    """A build that silently fell back to torch's kernels would lose the speed without failing anything else."""
+    kernels = cpu_kernels.load()
+    assert (kernels is not None) == CAN_BUILD
+    if kernels is not None:
+        assert kernels.bf16 == ("avx512_bf16" in cpu_kernels._cpu_flags())
+
+
+needs_kernels = pytest.mark.skipif(not CAN_BUILD, reason="no AVX-512 or no C compiler here")
+
+
+@needs_kernels
+def test_build_writes_a_loadable_library_named_by_its_source(tmp_path: Path) -> None:
+    path = cpu_kernels.build(tmp_path)
+    assert path.name == cpu_kernels.library_name() and path.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial files left behind
+    assert cpu_kernels.build(tmp_path) == path
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize("k, n", [(32, 96), (7, 33), (64, 1), (6, 50)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_float32_matches_torch(rows: int, k: int, n: int, bias: bool) -> None:
+    kernels = cpu_kernels.load()
+    torch.manual_seed(rows * 1000 + k * 10 + n)
+    x, w, b = torch.randn(rows, k), torch.randn(k, n), torch.randn(n) if bias else None
+    got = cpu_kernels.matmul(kernels, x, cpu_kernels.pack(w), n, b)
+    expected = x @ w + (b if bias else 0)
+    assert got.shape == (rows, n) and got.dtype == torch.float32
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.skipif("avx512_bf16" not in cpu_kernels._cpu_flags(), reason="no AVX512-BF16 here")
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 9])
+@pytest.mark.parametrize("k, n", [(32, 96), (7, 33), (65, 100)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bfloat16_matches_float32_of_the_same_values(rows: int, k: int, n: int, bias: bool) -> None:
+    """bfloat16 inputs, float32 accumulation, one rounding at the end: within one bfloat16 step of exact."""
+    kernels = cpu_kernels.load()
+    torch.manual_seed(rows * 1000 + k * 10 + n)
+    x, w = torch.randn(rows, k).bfloat16(), torch.randn(k, n).bfloat16()
+    b = torch.randn(n).bfloat16() if bias else None
+    got = cpu_kernels.matmul(kernels, x, cpu_kernels.pack(w), n, b)
+    exact = x.float() @ w.float() + (b.float() if bias else 0)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
+    assert torch.allclose(got.float(), exact, atol=1e-2, rtol=1e-2)
