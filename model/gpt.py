@@ -44,6 +44,13 @@ class Batch:
         )
 
     @property
+    def block(self) -> tuple[int, int, int] | None:
+        """(first slot, end slot, start position) when the cache write is one rectangular block."""
+        if self.slot_span is None or any(s != self.start_list[0] for s in self.start_list):
+            return None
+        return self.slot_span[0], self.slot_span[1], self.start_list[0]
+
+    @property
     def kv_len(self) -> int:
         """How many cache positions attention must read: the furthest any sequence reaches."""
         return max(self.start_list) + self.input_ids.shape[1]
@@ -83,7 +90,7 @@ class CausalSelfAttention(nn.Module):
         if cache is None or batch is None:  # whole sequences from position 0: training and reference
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
         else:
-            cache.write(layer, batch.slots, positions, k, v)
+            cache.write(layer, batch.slots, positions, k, v, batch.block)
             keys, values = cache.read(layer, batch.slots, batch.slot_span, batch.kv_len)
         causal = mask is None and T > 1
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)

@@ -47,8 +47,20 @@ class KVCache:
     def usage_ratio(self) -> float:
         return self.used_slots / self.n_slots
 
-    def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store k, v ([B, T, H, D]) at `positions` ([B, T]) of each sequence's slot (`slots`, [B])."""
+    def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              block: tuple[int, int, int] | None = None) -> None:
+        """Store k, v ([B, T, H, D]) at `positions` ([B, T]) of each sequence's slot (`slots`, [B]).
+
+        `block` = (first slot, end slot, start position) when the slots are a consecutive run and every
+        sequence starts at the same position: then the write is one strided copy, not a scatter (a decode
+        step of one sequence, a prefill chunk, a batch in lockstep).
+        """
+        if block is not None:
+            first, end, start = block
+            T = k.shape[1]
+            self.k[layer, first:end, :, start:start + T] = k.transpose(1, 2)
+            self.v[layer, first:end, :, start:start + T] = v.transpose(1, 2)
+            return
         rows = slots[:, None].expand_as(positions)
         self.k[layer][rows, :, positions] = k
         self.v[layer][rows, :, positions] = v
