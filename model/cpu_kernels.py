@@ -55,6 +55,7 @@ def build(folder: Path) -> Path:
     try:
         subprocess.run([os.environ.get("CC", "cc"), *FLAGS, "-o", str(partial), str(SOURCE)],
                        check=True, capture_output=True, text=True, timeout=120)
+        partial.chmod(0o755)  # readable by every user: an image builds it as root and serves as another
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)

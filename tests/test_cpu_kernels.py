@@ -28,6 +28,7 @@ def test_build_writes_a_loadable_library_named_by_its_source(tmp_path: Path) -> 
     assert path.name == cpu_kernels.library_name() and path.is_file()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial files left behind
     assert cpu_kernels.build(tmp_path) == path
+    assert path.stat().st_mode & 0o444 == 0o444  # loadable by the image's non-root user
 
 
 @needs_kernels
