@@ -12,6 +12,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,17 +74,25 @@ def _cpu_flags() -> set[str]:
 
 
 def _find_or_build() -> Path:
-    for folder in (SOURCE.parent, cache_dir(), Path(tempfile.gettempdir()) / "gptserve"):
+    folders = [SOURCE.parent, cache_dir(), Path(tempfile.gettempdir()) / "gptserve"]
+    for folder in folders:
         if (folder / library_name()).is_file():
             return folder / library_name()
-    errors = []
-    for folder in (cache_dir(), Path(tempfile.gettempdir()) / "gptserve"):
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise OSError(f"no C compiler ({compiler}) on PATH")
+    unwritable = []
+    for folder in folders[1:]:
         try:
             return build(folder)
-        except (OSError, subprocess.SubprocessError) as exc:
-            detail = getattr(exc, "stderr", None) or str(exc)
-            errors.append(f"{folder}: {detail.strip().splitlines()[-1] if detail.strip() else exc}")
-    raise OSError("; ".join(errors))
+        except subprocess.CalledProcessError as exc:  # the compiler ran and failed: another folder won't help
+            last = (exc.stderr or "").strip().splitlines()
+            raise OSError(f"{exc.cmd[0]} failed: {last[-1] if last else f'exit status {exc.returncode}'}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise OSError(f"{exc.cmd[0]} took over {exc.timeout:.0f} s") from exc
+        except OSError as exc:  # a folder we cannot write
+            unwritable.append(f"{folder}: {exc.strerror or exc}")
+    raise OSError("; ".join(unwritable))
 
 
 @cache
@@ -94,7 +103,8 @@ def load() -> Kernels | None:
         log.info("native CPU kernels off: they need Linux and AVX-512; using torch's kernels")
         return None
     try:
-        lib = ctypes.CDLL(str(_find_or_build()))
+        path = _find_or_build()
+        lib = ctypes.CDLL(str(path))
     except OSError as exc:
         log.warning("native CPU kernels off (could not build or load them: %s); using torch's kernels", exc)
         return None
@@ -102,6 +112,7 @@ def load() -> Kernels | None:
     for fn in (lib.gs_matmul_f32, lib.gs_matmul_bf16):
         fn.argtypes = [pointer, size, size, pointer, size, pointer, pointer]
         fn.restype = None
+    log.info("native CPU kernels loaded from %s", path)
     return Kernels(lib, bf16="avx512_bf16" in flags)
 
 

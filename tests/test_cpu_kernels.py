@@ -1,6 +1,9 @@
 """The native CPU kernels against torch's float32 matmul, on every row count, tail and padding they handle."""
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,27 @@ def test_bfloat16_matches_float32_of_the_same_values(rows: int, k: int, n: int, 
     exact = x.float() @ w.float() + (b.float() if bias else 0)
     assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
     assert torch.allclose(got.float(), exact, atol=1e-2, rtol=1e-2)
+
+
+def test_without_a_compiler_the_model_runs_on_torch_kernels_and_says_why(tmp_path: Path) -> None:
+    """No cached build and a compiler that fails: one warning, no crash, the same logits as plain torch."""
+    script = """
+import logging, sys, torch
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+from model import cpu_kernels
+from model.matmul import FrozenWeight
+w, x = torch.randn(16, 40), torch.randn(5, 16)
+frozen = FrozenWeight.make(w, None)
+assert cpu_kernels.load() is None and frozen.panels is None
+assert torch.equal(frozen(x), x @ w)
+print("ok")
+"""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "TMPDIR": str(tmp_path / "tmp"), "CC": "false"}
+    (tmp_path / "tmp").mkdir()
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "ok"
+    assert sum("native CPU kernels off" in line for line in lines) == 1
+    assert "Traceback" not in result.stdout + result.stderr
