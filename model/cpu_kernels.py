@@ -2,7 +2,7 @@
 
 torch's own kernels leave speed on the table for the few-row products of a decode step: MKL re-packs
 the weights on every call for 2-16 rows, and oneDNN's bfloat16 GEMV reads at about half the memory
-bandwidth (docs/BENCHMARKS.md, "Matmul kernels"). The C file is small and built by the system C compiler
+bandwidth (docs/BENCHMARKS.md, "Native matmul kernels"). The C file is small and built by the system C compiler
 the first time it is needed, into a cache folder, or ahead of time (`python -m model.cpu_kernels DIR`,
 as the Dockerfile does). Where there is no compiler, no AVX-512 or no Linux, `load()` says why once
 and returns None, and the model runs on torch's kernels.
@@ -47,6 +47,10 @@ def cache_dir() -> Path:
     return Path(base) / "gptserve"
 
 
+def compiler() -> str:
+    return os.environ.get("CC", "cc")
+
+
 def build(folder: Path) -> Path:
     """Compile the library into `folder` (atomically: concurrent builders never see half a file)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,7 +58,7 @@ def build(folder: Path) -> Path:
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
-        subprocess.run([os.environ.get("CC", "cc"), *FLAGS, "-o", str(partial), str(SOURCE)],
+        subprocess.run([compiler(), *FLAGS, "-o", str(partial), str(SOURCE)],
                        check=True, capture_output=True, text=True, timeout=120)
         partial.chmod(0o755)  # readable by every user: an image builds it as root and serves as another
         partial.replace(target)
@@ -78,9 +82,8 @@ def _find_or_build() -> Path:
     for folder in folders:
         if (folder / library_name()).is_file():
             return folder / library_name()
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
-        raise OSError(f"no C compiler ({compiler}) on PATH")
+    if shutil.which(compiler()) is None:
+        raise OSError(f"no C compiler ({compiler()}) on PATH")
     unwritable = []
     for folder in folders[1:]:
         try:

@@ -14,7 +14,7 @@ from torch import nn
 
 from model.config import GPTConfig
 from model.kv_cache import KVCache
-from model.matmul import FrozenWeight
+from model.matmul import FrozenWeight, plain_matmul
 
 
 @dataclass
@@ -67,10 +67,7 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        if self.frozen is not None:
-            y = self.frozen(flat)
-        else:
-            y = torch.addmm(self.bias, flat, self.weight) if self.bias is not None else flat @ self.weight
+        y = self.frozen(flat) if self.frozen is not None else plain_matmul(flat, self.weight, self.bias)
         return y.view(*x.shape[:-1], -1)
 
 

@@ -1,6 +1,6 @@
 """x @ W for inference, through the kernel measured fastest for the device, dtype and number of rows.
 
-Measured on an AVX-512 Xeon, 2 threads (docs/BENCHMARKS.md, "Matmul kernels"):
+Measured on an AVX-512 Xeon, 2 threads (docs/BENCHMARKS.md, "Native matmul kernels"):
 - float32: the native panel kernel (model/cpu_kernels.py) for 2-16 rows (a decode step of a batch): 1.2-1.4x
   MKL over a whole step at 8 sequences, as MKL re-packs the matrix on every such call. MKL for one row
   (its GEMV already reads at memory bandwidth, and measured ~10% faster inside a step) and for more than
@@ -50,7 +50,12 @@ class FrozenWeight:
             return cpu_kernels.matmul(self.kernels, x, self.panels, self.plain.shape[1], self.bias)
         if self.onednn is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.onednn, self.bias, "none", [], "")
-        return torch.addmm(self.bias, x, self.plain) if self.bias is not None else x @ self.plain
+        return plain_matmul(x, self.plain, self.bias)
+
+
+def plain_matmul(x: torch.Tensor, weight_in_out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """torch's own product: training, every device, and whatever the CPU kernels do not take."""
+    return torch.addmm(bias, x, weight_in_out) if bias is not None else x @ weight_in_out
 
 
 def _onednn_copy(plain: torch.Tensor) -> torch.Tensor | None:
