@@ -1,12 +1,12 @@
 """x @ W for inference, through the kernel measured fastest for the device, dtype and number of rows.
 
-Measured on an AVX-512 Xeon, 2 threads (docs/BENCHMARKS.md, "Native matmul kernels"):
-- float32: the native panel kernel (model/cpu_kernels.py) for 2-16 rows (a decode step of a batch): 1.2-1.4x
-  MKL over a whole step at 8 sequences, as MKL re-packs the matrix on every such call. MKL for one row
-  (its GEMV already reads at memory bandwidth, and measured ~10% faster inside a step) and for more than
-  16 (a prefill chunk, ~5% faster).
-- bfloat16: the native kernel for 1-2 rows (1.3-1.8x oneDNN's GEMV); oneDNN over its reordered copy from
-  3 rows on, where its AMX kernels win (and 1.5x over plain bfloat16 matmul at every size).
+Measured on an AVX-512 Xeon, 2 threads (docs/BENCHMARKS.md, "Native matmul kernels";
+scripts/bench_matmul_stream.py times all products of a step with nothing left in cache, as in a real step):
+- float32: the native panel kernel (model/cpu_kernels.py) for 2-32 rows (a decode step of a batch): 1.25-1.5x
+  MKL, which re-packs the matrix on every such call. MKL for one row (its GEMV already reads at memory
+  bandwidth, and measured ~10% faster inside a step) and for more than 32 (prefill chunks).
+- bfloat16: the native kernel for 1-8 rows (1.2-1.7x oneDNN); oneDNN over its reordered copy from 9 rows
+  on, where its AMX kernels win (from 16 rows; and 1.5x over plain bfloat16 matmul at every size).
 - elsewhere (a GPU, a CPU without AVX-512): torch's matmul over the plain [in, out] matrix.
 Each extra layout is one more copy of the weights, made once by `FrozenWeight.make`.
 """
@@ -17,8 +17,8 @@ import torch
 
 from model import cpu_kernels
 
-NATIVE_F32_ROWS = range(2, 17)
-NATIVE_BF16_ROWS = range(1, 3)
+NATIVE_F32_ROWS = range(2, 33)
+NATIVE_BF16_ROWS = range(1, 9)
 
 
 @dataclass

@@ -44,7 +44,7 @@ def plain_torch(model: GPT) -> GPT:
 
 
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 0.1)])
-@pytest.mark.parametrize("batch", [1, 2, 3, 8, 17])
+@pytest.mark.parametrize("batch", [1, 2, 3, 9, 33])
 def test_decode_steps_within_dtype_tolerance_of_plain_float32(tiny_ckpt: Path, dtype: str, tol: float,
                                                               batch: int) -> None:
     """Every decode batch size takes its own kernel (model/matmul.py); each must agree with plain float32."""
