@@ -113,7 +113,7 @@ def load() -> Kernels | None:
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     for fn in (lib.gs_matmul_f32, lib.gs_matmul_bf16):
-        fn.argtypes = [pointer, size, size, pointer, size, pointer, pointer]
+        fn.argtypes = [pointer, size, size, pointer, size, pointer, pointer, ctypes.c_int]
         fn.restype = None
     log.info("native CPU kernels loaded from %s", path)
     return Kernels(lib, bf16="avx512_bf16" in flags)
@@ -141,7 +141,7 @@ def matmul(kernels: Kernels, x: torch.Tensor, packed: torch.Tensor, n_out: int,
     y = torch.empty(x.shape[0], n_out, dtype=x.dtype)
     fn = kernels.lib.gs_matmul_f32 if x.dtype == torch.float32 else kernels.lib.gs_matmul_bf16
     fn(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), n_out,
-       bias.data_ptr() if bias is not None else None, y.data_ptr())
+       bias.data_ptr() if bias is not None else None, y.data_ptr(), torch.get_num_threads())
     return y
 
 

@@ -87,3 +87,31 @@ print("ok")
     assert lines[-1] == "ok"
     assert sum("native CPU kernels off" in line for line in lines) == 1
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@needs_kernels
+def test_the_kernels_use_torchs_thread_count_from_any_thread() -> None:
+    """OpenMP's thread count is per thread, and the engine runs in its own: `--threads 1` must still hold there.
+
+    Counted as OS threads: a team of two would leave libgomp's helper thread alive beside the caller.
+    """
+    script = """
+import os, threading, torch
+from model import cpu_kernels
+torch.set_num_threads(1)
+kernels = cpu_kernels.load()
+w = torch.randn(64, 4096)
+packed, x = cpu_kernels.pack(w), torch.randn(4, 64)
+def work():
+    before = len(os.listdir("/proc/self/task"))
+    y = cpu_kernels.matmul(kernels, x, packed, 4096, None)
+    assert torch.allclose(y, x @ w, atol=1e-4)
+    print(len(os.listdir("/proc/self/task")) - before)
+t = threading.Thread(target=work)
+t.start()
+t.join()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parent.parent, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"

@@ -4,7 +4,9 @@
  * [P][K/2][32][2] for bfloat16, the pairs AVX512-BF16's dot instruction takes). A thread streams whole
  * panels in address order, so a decode step reads the weights at memory bandwidth, and every group of
  * up to 8 rows of x is multiplied while the panel is still in L2. Threads: torch's own OpenMP pool
- * (this library links the libgomp that torch has already loaded). Built by model/cpu_kernels.py.
+ * (this library links the libgomp that torch has already loaded), as many as torch.get_num_threads()
+ * says: the caller passes it, since OpenMP's own count is per thread and the engine runs in its own.
+ * Built by model/cpu_kernels.py.
  */
 #include <immintrin.h>
 #include <omp.h>
@@ -17,9 +19,9 @@
 /* y = x @ W + bias for any M: threads split the panels; each panel is used for all rows, GROUP at a time.
  * The switch turns the row count into a literal, so each panel function is compiled for 1..GROUP rows. */
 #define DEFINE_MATMUL(name, T, panel_fn)                                                                    \
-    void name(const T *x, int64_t M, int64_t K, const T *wp, int64_t N, const T *bias, T *y) {            \
+    void name(const T *x, int64_t M, int64_t K, const T *wp, int64_t N, const T *bias, T *y, int threads) { \
         int64_t panels = (N + PANEL - 1) / PANEL;                                                          \
-        _Pragma("omp parallel for schedule(static)")                                                       \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                  \
         for (int64_t p = 0; p < panels; p++) {                                                             \
             const T *w = wp + p * K * PANEL, *b = bias ? bias + p * PANEL : 0;                             \
             int cols = (int)(N - p * PANEL < PANEL ? N - p * PANEL : PANEL);                               \
