@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels") / "skinny_gemm.c"
 # Fixed AVX-512 flags rather than -march=native, so that one build serves every AVX-512 machine (an image
 # built on one host runs on another); what the CPU supports is checked at load time.
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC", "-lm"]
 PANEL = 32  # output columns per weight panel; must match the C file
 
 
@@ -115,6 +115,9 @@ def load() -> Kernels | None:
     for fn in (lib.gs_matmul_f32, lib.gs_matmul_bf16):
         fn.argtypes = [pointer, size, size, pointer, size, pointer, pointer, ctypes.c_int]
         fn.restype = None
+    for fn in (lib.gs_decode_attention_f32, lib.gs_decode_attention_bf16):
+        fn.argtypes = [pointer] * 5 + [size] * 4 + [ctypes.c_float, pointer, ctypes.c_int]
+        fn.restype = None
     log.info("native CPU kernels loaded from %s", path)
     return Kernels(lib, bf16="avx512_bf16" in flags)
 
@@ -143,6 +146,24 @@ def matmul(kernels: Kernels, x: torch.Tensor, packed: torch.Tensor, n_out: int,
     fn(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), n_out,
        bias.data_ptr() if bias is not None else None, y.data_ptr(), torch.get_num_threads())
     return y
+
+
+def supports(kernels: Kernels | None, dtype: torch.dtype) -> bool:
+    """Whether the kernels take tensors of this dtype on this CPU."""
+    return kernels is not None and (dtype == torch.float32 or (dtype == torch.bfloat16 and kernels.bf16))
+
+
+def decode_attention(kernels: Kernels, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor,
+                     lengths: torch.Tensor) -> torch.Tensor:
+    """One new token per sequence: q [B, H, D] attends to the first lengths[b] positions of slot slots[b] of one
+    layer's cache k, v ([S, H, block, D], contiguous, D a multiple of 16) -> [B, H, D]."""
+    B, H, D = q.shape
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    fn = kernels.lib.gs_decode_attention_f32 if q.dtype == torch.float32 else kernels.lib.gs_decode_attention_bf16
+    fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), slots.data_ptr(), lengths.data_ptr(), B, H, k.shape[2], D,
+       D ** -0.5, out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 if __name__ == "__main__":  # python -m model.cpu_kernels DIR: build ahead of time (the Dockerfile)

@@ -88,6 +88,9 @@ class CausalSelfAttention(nn.Module):
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
         else:
             cache.write(layer, batch.slots, positions, k, v, batch.block)
+            if T == 1 and cache.attends_natively:  # a decode step on the CPU: see KVCache.attend
+                y = cache.attend(layer, q[:, :, 0], batch.slots, batch.start_pos + 1)
+                return self.c_proj(y.view(B, 1, C))
             keys, values = cache.read(layer, batch.slots, batch.slot_span, batch.kv_len)
         causal = mask is None and T > 1
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)
@@ -164,7 +167,8 @@ class GPT(nn.Module):
         positions = batch.start_pos[:, None] + offsets  # [B, T]
         if max(batch.start_list) + T > self.config.block_size:
             raise ValueError(f"sequence longer than the context ({self.config.block_size} tokens)")
-        mask = self._mask(batch, positions)
+        # The native decode attention reads each sequence's own positions and needs no mask.
+        mask = None if T == 1 and cache.attends_natively else self._mask(batch, positions)
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, layer, batch, positions, mask, cache)

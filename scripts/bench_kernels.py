@@ -1,7 +1,7 @@
-"""A/B of the native CPU matmul kernels inside the real model: the same frozen GPT-2 124M, steps alternating
-between the kernels model/matmul.py picks and torch's kernels alone (oneDNN for bfloat16, MKL for float32),
+"""A/B of the native CPU kernels inside the real model: the same frozen GPT-2 124M, steps alternating between
+the kernels gptserve picks (model/matmul.py, KVCache.attend) and torch's kernels alone (MKL or oneDNN, SDPA),
 so that machine noise hits both. For docs/BENCHMARKS.md.
-Usage: python scripts/bench_kernels.py DTYPE [BATCH,...]
+Usage: python scripts/bench_kernels.py DTYPE [BATCH,...] [matmul|attention|all]   (which kernels to switch)
 """
 
 import statistics
@@ -22,6 +22,7 @@ REPEATS, STEPS = 6, 8
 def main() -> None:
     dtype = sys.argv[1]
     batches = [int(b) for b in (sys.argv[2] if len(sys.argv) > 2 else "1,8").split(",")]
+    which = sys.argv[3] if len(sys.argv) > 3 else "all"
     torch.set_num_threads(2)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
@@ -30,12 +31,15 @@ def main() -> None:
     frozen = [m.frozen for m in model.modules() if isinstance(m, Linear)] + [model._head]
     panels = [f.panels for f in frozen]
 
-    def use_native(on: bool) -> None:
-        for f, p in zip(frozen, panels):
-            f.panels = p if on else None
-
     for batch in batches:
         cache = KVCache(model.config, batch, "cpu", next(model.parameters()).dtype)
+        attention = cache._kernels
+
+        def use_native(on: bool) -> None:
+            for f, p in zip(frozen, panels):
+                f.panels = p if on or which == "attention" else None
+            cache._kernels = attention if on or which == "matmul" else None
+
         steps: dict[bool, list[float]] = {True: [], False: []}
         prefill: dict[bool, list[float]] = {True: [], False: []}
         ids = torch.randint(0, 50257, (batch, 1))
@@ -54,9 +58,9 @@ def main() -> None:
                             steps[native].append(time.perf_counter() - start)
         step = {k: statistics.median(v) * 1000 for k, v in steps.items()}
         pre = {k: 128 / statistics.median(v[batch:]) for k, v in prefill.items()}
-        print(f"{dtype} batch {batch}: decode step {step[True]:.1f} ms with the native kernels, {step[False]:.1f} ms "
-              f"with torch's ({step[False] / step[True]:.2f}x); 128-token prefill {pre[True]:.0f} vs {pre[False]:.0f} tok/s")
-    use_native(True)
+        print(f"{dtype} batch {batch}, switching {which}: decode step {step[True]:.1f} ms with the native kernels, "
+              f"{step[False]:.1f} ms with torch's ({step[False] / step[True]:.2f}x); "
+              f"128-token prefill {pre[True]:.0f} vs {pre[False]:.0f} tok/s")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import cpu_kernels
 
@@ -115,3 +116,24 @@ t.join()
                             cwd=Path(__file__).parent.parent, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0"
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("head_dim", [16, 64, 128])
+def test_decode_attention_matches_sdpa_over_each_sequences_own_positions(dtype: torch.dtype, tol: float,
+                                                                         head_dim: int) -> None:
+    """Slots out of order, lengths from 1 to the whole block (tails of the 4-key and 16-score loops)."""
+    if not cpu_kernels.supports(cpu_kernels.load(), dtype):
+        pytest.skip("no AVX512-BF16 here")
+    torch.manual_seed(head_dim)
+    slots_total, heads, block = 7, 3, 40
+    k = torch.randn(slots_total, heads, block, head_dim).to(dtype)
+    v = torch.randn(slots_total, heads, block, head_dim).to(dtype)
+    slots, lengths = torch.tensor([5, 0, 3, 6, 1, 2]), torch.tensor([1, 3, 4, 17, 39, 40])
+    q = (torch.randn(len(slots), heads, head_dim) * 2).to(dtype)
+    got = cpu_kernels.decode_attention(cpu_kernels.load(), q, k, v, slots, lengths)
+    assert got.dtype == dtype and got.shape == q.shape
+    for b, (slot, n) in enumerate(zip(slots.tolist(), lengths.tolist())):
+        expected = F.scaled_dot_product_attention(q[b, :, None].float(), k[slot, :, :n].float(), v[slot, :, :n].float())
+        assert torch.allclose(got[b].float(), expected[:, 0], atol=tol, rtol=tol), (b, n)

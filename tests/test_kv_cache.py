@@ -3,16 +3,19 @@
 import pytest
 import torch
 
+from model import cpu_kernels
 from model.config import GPTConfig
 from model.gpt import Batch
 from model.kv_cache import CacheFullError, KVCache
 from tests.conftest import random_gpt
 
 
-def test_incremental_decoding_equals_full_recomputation_to_the_context_limit() -> None:
-    config = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=24, vocab_size=97)
+@pytest.mark.parametrize("n_embd", [64, 48])  # head_dim 16: the native decode attention (where it loads); 12: SDPA
+def test_incremental_decoding_equals_full_recomputation_to_the_context_limit(n_embd: int) -> None:
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=n_embd, block_size=24, vocab_size=97)
     model = random_gpt(config, seed=5)
     cache = KVCache(config, n_slots=4, device="cpu", dtype=torch.float32)
+    assert cache.attends_natively == (config.head_dim % 16 == 0 and cpu_kernels.load() is not None)
     torch.manual_seed(0)
     seqs = {slot: torch.randint(0, 97, (n,)).tolist() for slot, n in [(3, 1), (0, 6), (2, 13)]}
     with torch.inference_mode():
