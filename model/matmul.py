@@ -33,8 +33,7 @@ class FrozenWeight:
     def make(cls, plain: torch.Tensor, bias: torch.Tensor | None) -> "FrozenWeight":
         plain = plain.detach()
         kernels = cpu_kernels.load() if plain.device.type == "cpu" else None
-        native = kernels is not None and (
-            plain.dtype == torch.float32 or (plain.dtype == torch.bfloat16 and kernels.bf16))
+        native = cpu_kernels.supports(kernels, plain.dtype)
         return cls(
             plain=plain,
             bias=None if bias is None else bias.detach().contiguous(),
