@@ -87,6 +87,13 @@ TYPE_WORDS = {
 }
 
 
+# pydantic's numeric bound errors: the words of the bound, and the ctx key holding its value.
+COMPARISONS = {
+    "greater_than": ("greater than", "gt"), "greater_than_equal": ("greater than or equal to", "ge"),
+    "less_than": ("less than", "lt"), "less_than_equal": ("less than or equal to", "le"),
+}
+
+
 def _num(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
@@ -102,14 +109,9 @@ def _bound_text(err: dict) -> str:
         return "is required"
     if kind == "value_error":
         return msg.removeprefix("Value error, ")
-    if kind == "greater_than":
-        text = f"must be greater than {ctx.get('gt')}"
-    elif kind == "greater_than_equal":
-        text = f"must be greater than or equal to {ctx.get('ge')}"
-    elif kind == "less_than":
-        text = f"must be less than {ctx.get('lt')}"
-    elif kind == "less_than_equal":
-        text = f"must be less than or equal to {ctx.get('le')}"
+    if kind in COMPARISONS:
+        words, key = COMPARISONS[kind]
+        text = f"must be {words} {ctx.get(key)}"
     elif kind == "too_long":
         text = f"must have at most {ctx.get('max_length')} items"
     elif kind == "too_short":
