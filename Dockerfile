@@ -46,7 +46,7 @@ COPY server/ server/
 COPY weights/ weights/
 RUN pip install --no-cache-dir /src \
     && python -c "import server.app, model.loader; print('gptserve installed')"
-# The native CPU matmul kernels (model/cpu_kernels.py), compiled here so that the runtime image needs no
+# The native CPU kernels (model/cpu_kernels.py), compiled here so that the runtime image needs no
 # compiler; on a base without one the server falls back to torch's kernels. Fixed AVX-512 flags: portable.
 # hadolint ignore=DL3008
 RUN if [ "$BASE" = "cpu" ]; then \

@@ -1,11 +1,12 @@
-"""The native CPU matmul kernels (model/kernels/skinny_gemm.c): build once, load with ctypes, call.
+"""The native CPU kernels (model/kernels/*.c): build once, load with ctypes, call.
 
-torch's own kernels leave speed on the table for the few-row products of a decode step: MKL re-packs
-the weights on every call for 2-16 rows, and oneDNN's bfloat16 GEMV reads at about half the memory
-bandwidth (docs/BENCHMARKS.md, "Native matmul kernels"). The C file is small and built by the system C compiler
-the first time it is needed, into a cache folder, or ahead of time (`python -m model.cpu_kernels DIR`,
-as the Dockerfile does). Where there is no compiler, no AVX-512 or no Linux, `load()` says why once
-and returns None, and the model runs on torch's kernels.
+torch's own kernels leave speed on the table in a decode step: MKL re-packs the weights on every call for
+2-16 rows, oneDNN's bfloat16 GEMV reads at about half the memory bandwidth, and a batch-1 float32 step spends
+a fifth of its time between torch operations (docs/BENCHMARKS.md, "Native matmul kernels" and "One native
+call per decode step"). The C files are small and built by the system C compiler the first time they are
+needed, into a cache folder, or ahead of time (`python -m model.cpu_kernels DIR`, as the Dockerfile does).
+Where there is no compiler, no AVX-512 or no Linux, `load()` says why once and returns None, and the model
+runs on torch's kernels.
 """
 
 import ctypes
@@ -24,10 +25,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels") / "skinny_gemm.c"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = sorted(KERNELS.glob("*.c"))
 # Fixed AVX-512 flags rather than -march=native, so that one build serves every AVX-512 machine (an image
 # built on one host runs on another); what the CPU supports is checked at load time.
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC", "-lm"]
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 PANEL = 32  # output columns per weight panel; must match the C file
 
 
@@ -38,8 +40,9 @@ class Kernels:
 
 
 def library_name() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    return f"skinny_gemm-{digest}.so"
+    text = b"".join(p.read_bytes() for p in [*SOURCES, KERNELS / "kernels.h"])
+    digest = hashlib.sha256(text + " ".join(FLAGS).encode()).hexdigest()[:16]
+    return f"gptserve_kernels-{digest}.so"
 
 
 def cache_dir() -> Path:
@@ -58,7 +61,7 @@ def build(folder: Path) -> Path:
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
-        subprocess.run([compiler(), *FLAGS, "-o", str(partial), str(SOURCE)],
+        subprocess.run([compiler(), *FLAGS, "-o", str(partial), *map(str, SOURCES), "-lm"],
                        check=True, capture_output=True, text=True, timeout=120)
         partial.chmod(0o755)  # readable by every user: an image builds it as root and serves as another
         partial.replace(target)
@@ -78,7 +81,7 @@ def _cpu_flags() -> set[str]:
 
 
 def _find_or_build() -> Path:
-    folders = [SOURCE.parent, cache_dir(), Path(tempfile.gettempdir()) / "gptserve"]
+    folders = [KERNELS, cache_dir(), Path(tempfile.gettempdir()) / "gptserve"]
     for folder in folders:
         if (folder / library_name()).is_file():
             return folder / library_name()
@@ -118,6 +121,9 @@ def load() -> Kernels | None:
     for fn in (lib.gs_decode_attention_f32, lib.gs_decode_attention_bf16):
         fn.argtypes = [pointer] * 5 + [size] * 4 + [ctypes.c_float, pointer, ctypes.c_int]
         fn.restype = None
+    lib.gs_decode_blocks_f32.argtypes = ([pointer] + [size] * 5 + [ctypes.POINTER(_Block), pointer, pointer, size, size,
+                                         pointer, pointer, ctypes.c_float, ctypes.c_int, ctypes.c_int])
+    lib.gs_decode_blocks_f32.restype = ctypes.c_int
     log.info("native CPU kernels loaded from %s", path)
     return Kernels(lib, bf16="avx512_bf16" in flags)
 
@@ -166,5 +172,54 @@ def decode_attention(kernels: Kernels, q: torch.Tensor, k: torch.Tensor, v: torc
     return out
 
 
+class _Block(ctypes.Structure):
+    """decode_step.c's Block: one transformer block's weights, in the order of `DecodeStep.make`'s lists."""
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("ln1_w", "ln1_b", "qkv", "qkv_b", "proj", "proj_b", "ln2_w", "ln2_b", "fc", "fc_b", "out", "out_b")]
+
+
+GELU_TANH, GELU_ERF = 2, 3  # kernels.h's epilogues
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """Every transformer block of a float32 decode step in one native call (model/kernels/decode_step.c)."""
+
+    kernels: Kernels
+    blocks: ctypes.Array  # of _Block, one per layer, pointing into `tensors`
+    tensors: tuple[torch.Tensor, ...]  # kept alive for as long as `blocks` points at them
+    n_head: int
+    hidden: int  # the MLP's width
+    eps: float
+    gelu: int
+
+    MAX_ROWS = 32  # beyond this, prefill-sized products: MKL's (model/matmul.py)
+
+    @classmethod
+    def make(cls, kernels: Kernels, layers: list[list[torch.Tensor | None]], n_head: int, eps: float,
+             tanh_gelu: bool) -> "DecodeStep":
+        """`layers`: per block, [ln_1 weight, ln_1 bias, c_attn panels, bias, attention c_proj panels, bias, ln_2
+        weight, bias, c_fc panels, bias, MLP c_proj panels, bias], float32 and contiguous; biases may be None."""
+        tensors = tuple(t for layer in layers for t in layer if t is not None)
+        assert all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+        blocks = (_Block * len(layers))(*(_Block(*(t.data_ptr() if t is not None else None for t in layer))
+                                          for layer in layers))
+        return cls(kernels, blocks, tensors, n_head, layers[0][10].shape[1], eps,
+                   GELU_TANH if tanh_gelu else GELU_ERF)
+
+    def __call__(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor,
+                 positions: torch.Tensor) -> None:
+        """Run x ([B, C], one new token of each sequence) through every block in place, writing each layer's key
+        and value at positions[b] of slot slots[b] of the cache k, v ([n_layer, n_slots, H, block, D])."""
+        B, C = x.shape
+        assert x.is_contiguous() and k.dtype == x.dtype == torch.float32 and B <= self.MAX_ROWS
+        status = self.kernels.lib.gs_decode_blocks_f32(
+            x.data_ptr(), B, C, self.n_head, self.hidden, len(self.blocks), self.blocks, k.data_ptr(), v.data_ptr(),
+            k.shape[1], k.shape[3], slots.data_ptr(), positions.data_ptr(), self.eps, self.gelu,
+            torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("no memory for a decode step's activations")
+
+
 if __name__ == "__main__":  # python -m model.cpu_kernels DIR: build ahead of time (the Dockerfile)
-    print(build(Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE.parent))
+    print(build(Path(sys.argv[1]) if len(sys.argv) > 1 else KERNELS))

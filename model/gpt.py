@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import cpu_kernels
 from model.config import GPTConfig
 from model.kv_cache import KVCache
 from model.matmul import FrozenWeight, plain_matmul
@@ -139,6 +140,8 @@ class GPT(nn.Module):
         self.n_logits = config.vocab_size
         # An [n_embd, n_logits] copy of the output matrix for inference (see `freeze`); None while training.
         self._head: FrozenWeight | None = None
+        # Every block of a CPU float32 decode step in one native call, where the kernels run (see `freeze`).
+        self._step: cpu_kernels.DecodeStep | None = None
 
     def freeze(self, n_logits: int) -> "GPT":
         """Fix the weights for inference: score `n_logits` ids through a pre-transposed output matrix.
@@ -153,7 +156,21 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.frozen = FrozenWeight.make(module.weight, module.bias)
+        self._step = self._native_step()
         return self.eval().requires_grad_(False)
+
+    def _native_step(self) -> cpu_kernels.DecodeStep | None:
+        """The blocks of a decode step as one native call, where every projection has the float32 panel layout."""
+        blocks = self.transformer.h
+        linears = [m.frozen for m in blocks.modules() if isinstance(m, Linear)]
+        if not all(f is not None and f.panels is not None and f.panels.dtype == torch.float32 for f in linears):
+            return None
+        layers = [[b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.frozen.panels, b.attn.c_attn.frozen.bias,
+                   b.attn.c_proj.frozen.panels, b.attn.c_proj.frozen.bias, b.ln_2.weight, b.ln_2.bias,
+                   b.mlp.c_fc.frozen.panels, b.mlp.c_fc.frozen.bias, b.mlp.c_proj.frozen.panels, b.mlp.c_proj.frozen.bias]
+                  for b in blocks]
+        return cpu_kernels.DecodeStep.make(linears[0].kernels, layers, self.config.n_head, self.config.layer_norm_eps,
+                                           self.config.activation == "gelu_tanh")
 
     def num_params(self) -> int:
         """Parameter count without double-counting the tied embedding / output matrix."""
@@ -170,6 +187,10 @@ class GPT(nn.Module):
         # The native decode attention reads each sequence's own positions and needs no mask.
         mask = None if T == 1 and cache.attends_natively else self._mask(batch, positions)
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)
+        B = idx.shape[0]
+        if T == 1 and self._step is not None and cache.attends_natively and B <= self._step.MAX_ROWS:
+            self._step(x.view(B, -1), cache.k, cache.v, batch.slots, batch.start_pos)
+            return self.transformer.ln_f(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, layer, batch, positions, mask, cache)
         return self.transformer.ln_f(x)

@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from model import cpu_kernels
+from model.config import GPTConfig
+from model.gpt import Batch
+from model.kv_cache import KVCache
+from tests.conftest import random_gpt
 
 CAN_BUILD = "avx512f" in cpu_kernels._cpu_flags() and shutil.which("cc") is not None
 
@@ -72,6 +76,10 @@ def test_without_a_compiler_the_model_runs_on_torch_kernels_and_says_why(tmp_pat
 import logging, sys, torch
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 from model import cpu_kernels
+from model.config import GPTConfig
+from model.gpt import Batch
+from model.kv_cache import KVCache
+from tests.conftest import random_gpt
 from model.matmul import FrozenWeight
 w, x = torch.randn(16, 40), torch.randn(5, 16)
 frozen = FrozenWeight.make(w, None)
@@ -99,6 +107,10 @@ def test_the_kernels_use_torchs_thread_count_from_any_thread() -> None:
     script = """
 import os, threading, torch
 from model import cpu_kernels
+from model.config import GPTConfig
+from model.gpt import Batch
+from model.kv_cache import KVCache
+from tests.conftest import random_gpt
 torch.set_num_threads(1)
 kernels = cpu_kernels.load()
 w = torch.randn(64, 4096)
@@ -137,3 +149,31 @@ def test_decode_attention_matches_sdpa_over_each_sequences_own_positions(dtype: 
     for b, (slot, n) in enumerate(zip(slots.tolist(), lengths.tolist())):
         expected = F.scaled_dot_product_attention(q[b, :, None].float(), k[slot, :, :n].float(), v[slot, :, :n].float())
         assert torch.allclose(got[b].float(), expected[:, 0], atol=tol, rtol=tol), (b, n)
+
+
+@needs_kernels
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 5, 32])
+def test_native_decode_step_matches_the_torch_blocks(activation: str, bias: bool, batch: int) -> None:
+    """The one-call step (DecodeStep) against the same frozen model stepping block by block in torch: logits and
+    every cache row it writes, for slots out of order and sequences at different positions up to the context end."""
+    # 48 wide: a panel tail in every product; heads of 16, the narrowest the native attention takes.
+    config = GPTConfig(n_layer=3, n_head=3, n_embd=48, block_size=40, vocab_size=300, bias=bias, activation=activation)
+    native = random_gpt(config, seed=batch).freeze(config.vocab_size)
+    assert native._step is not None
+    stepwise = random_gpt(config, seed=batch).freeze(config.vocab_size)
+    stepwise._step = None
+    torch.manual_seed(batch)
+    slots = torch.randperm(batch + 2)[:batch].tolist()
+    lengths = torch.randint(1, config.block_size - 1, (batch,)).tolist()
+    lengths[0] = config.block_size - 1  # its new token takes the context's last position
+    caches = [KVCache(config, batch + 2, "cpu", torch.float32) for _ in range(2)]
+    prompts, ids = torch.randint(0, 300, (1, config.block_size)), torch.randint(0, 300, (batch, 1))
+    with torch.inference_mode():
+        for model, cache in zip((native, stepwise), caches):
+            for slot, n in zip(slots, lengths):
+                model(Batch.make(prompts[:, :n], [0], [slot]), cache)
+        got, expected = (model(Batch.make(ids, lengths, slots), cache) for model, cache in zip((native, stepwise), caches))
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(caches[0].k, caches[1].k, atol=1e-5) and torch.allclose(caches[0].v, caches[1].v, atol=1e-5)

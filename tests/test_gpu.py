@@ -39,7 +39,7 @@ def plain_torch(model: GPT) -> GPT:
     for module in model.modules():
         if isinstance(module, Linear):
             module.frozen = None
-    model._head = None
+    model._head, model._step = None, None
     return model
 
 

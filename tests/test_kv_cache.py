@@ -11,9 +11,12 @@ from tests.conftest import random_gpt
 
 
 @pytest.mark.parametrize("n_embd", [64, 48])  # head_dim 16: the native decode attention (where it loads); 12: SDPA
-def test_incremental_decoding_equals_full_recomputation_to_the_context_limit(n_embd: int) -> None:
+@pytest.mark.parametrize("frozen", [True, False])  # as served (decode steps in one native call where it loads), or not
+def test_incremental_decoding_equals_full_recomputation_to_the_context_limit(n_embd: int, frozen: bool) -> None:
     config = GPTConfig(n_layer=2, n_head=4, n_embd=n_embd, block_size=24, vocab_size=97)
     model = random_gpt(config, seed=5)
+    if frozen:
+        model.freeze(config.vocab_size)
     cache = KVCache(config, n_slots=4, device="cpu", dtype=torch.float32)
     assert cache.attends_natively == (config.head_dim % 16 == 0 and cpu_kernels.load() is not None)
     torch.manual_seed(0)

@@ -1,0 +1,54 @@
+/* What the native CPU kernels share. model/cpu_kernels.py compiles every .c file here into one library.
+ *
+ * The "_ws" functions are OpenMP worksharing parts: called inside a parallel region, each splits its loop over the
+ * team and ends with the team's barrier, so decode_step.c runs a whole step in one region without forking
+ * threads per product. Outside a region they run on the calling thread alone.
+ */
+#ifndef GPTSERVE_KERNELS_H
+#define GPTSERVE_KERNELS_H
+
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#define PANEL 32 /* output columns per weight panel; model/cpu_kernels.py's PANEL */
+#define GROUP 8  /* rows of x multiplied per pass over a panel */
+#define ALL ((__mmask16)0xFFFF)
+
+/* What a product does with each finished output: store it, add it to y (a residual), or store its GELU. */
+enum { STORE = 0, ADD = 1, GELU_TANH = 2, GELU_ERF = 3 };
+
+static inline __mmask16 tail_mask(int n) {
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n > 0 ? n : 0)) - 1u);
+}
+
+/* e^x: 2^n * e^r with |r| <= ln2/2, e^r by its Taylor polynomial to r^6 (rel. error < 3e-7). */
+static inline __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 load_f32(const float *p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+
+/* bfloat16 is the top half of a float32. Storing needs AVX512-BF16 at run time; the caller checks. */
+static inline __m512 load_bf16(const uint16_t *p, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+void gs_matmul_f32_ws(const float *x, int64_t M, int64_t K, const float *wp, int64_t N, const float *bias, float *y,
+                      int epilogue);
+void gs_attend_f32(const float *q, const float *k, const float *v, int64_t len, int64_t D, float scale, float *out);
+
+#endif
