@@ -71,7 +71,21 @@ static inline __m512 finish(__m512 v, __m512 old, int epilogue) {
         _Pragma("omp parallel num_threads(threads)") name##_ws(x, M, K, wp, N, bias, y, STORE);                 \
     }
 
-/* `rows` is a literal at every call site, so the accumulators stay in registers. */
+/* Row k of a float32 panel times x[., k] for every row, into the accumulators. */
+static inline __attribute__((always_inline)) void step_f32(__m512 acc[][2], const float *x, int64_t K, const float *wp,
+                                                           int64_t k, int rows) {
+    __m512 w0 = _mm512_loadu_ps(wp + k * PANEL), w1 = _mm512_loadu_ps(wp + k * PANEL + 16);
+    for (int r = 0; r < rows; r++) {
+        __m512 xv = _mm512_set1_ps(x[r * K + k]);
+        acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
+    }
+}
+
+/* `rows` is a literal at every call site, so the accumulators stay in registers. The panel is read as STREAMS
+ * interleaved runs of its rows: one sequential stream per core reads at ~20 GB/s here, four at ~28 (the hardware
+ * prefetcher keeps more lines in flight), which is 7-13% of a whole decode step (docs/BENCHMARKS.md). */
+#define STREAMS 4
 static inline __attribute__((always_inline)) void panel_f32(
     const float *x, int64_t K, const float *wp, const float *bias, float *y, int64_t N, int cols, int rows,
     int epilogue) {
@@ -80,16 +94,10 @@ static inline __attribute__((always_inline)) void panel_f32(
     __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
     __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
     for (int r = 0; r < rows; r++) { acc[r][0] = b0; acc[r][1] = b1; }
-    for (int64_t k = 0; k < K; k++) {
-        _mm_prefetch((const char *)(wp + (k + K) * PANEL), _MM_HINT_T1); /* the next panel, into L2 */
-        _mm_prefetch((const char *)(wp + (k + K) * PANEL + 16), _MM_HINT_T1);
-        __m512 w0 = _mm512_loadu_ps(wp + k * PANEL), w1 = _mm512_loadu_ps(wp + k * PANEL + 16);
-        for (int r = 0; r < rows; r++) {
-            __m512 xv = _mm512_set1_ps(x[r * K + k]);
-            acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
-        }
-    }
+    int64_t run = K / STREAMS;
+    for (int64_t k = 0; k < run; k++)
+        for (int s = 0; s < STREAMS; s++) step_f32(acc, x, K, wp, s * run + k, rows);
+    for (int64_t k = STREAMS * run; k < K; k++) step_f32(acc, x, K, wp, k, rows);
     for (int r = 0; r < rows; r++) {
         float *yr = y + r * N;
         _mm512_mask_storeu_ps(yr, m0, finish(acc[r][0], load_f32(yr, epilogue == ADD ? m0 : 0), epilogue));
@@ -99,6 +107,20 @@ static inline __attribute__((always_inline)) void panel_f32(
 
 DEFINE_MATMUL(gs_matmul_f32, float, panel_f32)
 
+/* Row pair k of a bfloat16 panel times the pair x[., 2k..2k+1] for every row. */
+static inline __attribute__((always_inline)) void step_bf16(__m512 acc[][2], const uint16_t *x, int64_t K,
+                                                            const uint16_t *wp, int64_t k, int rows) {
+    __m512bh w0 = (__m512bh)_mm512_loadu_si512(wp + k * 2 * PANEL);
+    __m512bh w1 = (__m512bh)_mm512_loadu_si512(wp + k * 2 * PANEL + PANEL);
+    for (int r = 0; r < rows; r++) {
+        int32_t pair;
+        memcpy(&pair, x + r * K + 2 * k, sizeof pair);
+        __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
+    }
+}
+
 static inline __attribute__((always_inline)) void panel_bf16(
     const uint16_t *x, int64_t K, const uint16_t *wp, const uint16_t *bias, uint16_t *y, int64_t N, int cols,
     int rows, int epilogue) {
@@ -107,19 +129,10 @@ static inline __attribute__((always_inline)) void panel_bf16(
     __m512 b0 = bias ? load_bf16(bias, m0) : _mm512_setzero_ps();
     __m512 b1 = bias ? load_bf16(bias + 16, m1) : _mm512_setzero_ps();
     for (int r = 0; r < rows; r++) { acc[r][0] = b0; acc[r][1] = b1; }
-    for (int64_t k = 0; k < K / 2; k++) {
-        _mm_prefetch((const char *)(wp + (k + K / 2) * 2 * PANEL), _MM_HINT_T1); /* the next panel */
-        _mm_prefetch((const char *)(wp + (k + K / 2) * 2 * PANEL + PANEL), _MM_HINT_T1);
-        __m512bh w0 = (__m512bh)_mm512_loadu_si512(wp + k * 2 * PANEL);
-        __m512bh w1 = (__m512bh)_mm512_loadu_si512(wp + k * 2 * PANEL + PANEL);
-        for (int r = 0; r < rows; r++) {
-            int32_t pair;
-            memcpy(&pair, x + r * K + 2 * k, sizeof pair);
-            __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
-        }
-    }
+    int64_t pairs = K / 2, run = pairs / STREAMS;
+    for (int64_t k = 0; k < run; k++)
+        for (int s = 0; s < STREAMS; s++) step_bf16(acc, x, K, wp, s * run + k, rows);
+    for (int64_t k = STREAMS * run; k < pairs; k++) step_bf16(acc, x, K, wp, k, rows);
     for (int r = 0; r < rows; r++) {
         uint16_t *yr = y + r * N;
         __m512 v0 = finish(acc[r][0], load_bf16(yr, epilogue == ADD ? m0 : 0), epilogue);
