@@ -121,9 +121,10 @@ def load() -> Kernels | None:
     for fn in (lib.gs_decode_attention_f32, lib.gs_decode_attention_bf16):
         fn.argtypes = [pointer] * 5 + [size] * 4 + [ctypes.c_float, pointer, ctypes.c_int]
         fn.restype = None
-    lib.gs_decode_blocks_f32.argtypes = ([pointer] + [size] * 5 + [ctypes.POINTER(_Block), pointer, pointer, size, size,
-                                         pointer, pointer, ctypes.c_float, ctypes.c_int, ctypes.c_int])
-    lib.gs_decode_blocks_f32.restype = ctypes.c_int
+    for fn in (lib.gs_decode_blocks_f32, lib.gs_decode_blocks_bf16):
+        fn.argtypes = ([pointer] + [size] * 5 + [ctypes.POINTER(_Block), pointer, pointer, size, size, pointer, pointer,
+                                                 ctypes.c_float, ctypes.c_int, ctypes.c_int])
+        fn.restype = ctypes.c_int
     log.info("native CPU kernels loaded from %s", path)
     return Kernels(lib, bf16="avx512_bf16" in flags)
 
@@ -183,40 +184,44 @@ GELU_TANH, GELU_ERF = 2, 3  # kernels.h's epilogues
 
 @dataclass(frozen=True)
 class DecodeStep:
-    """Every transformer block of a float32 decode step in one native call (model/kernels/decode_step.c)."""
+    """Every transformer block of a decode step in one native call (model/kernels/decode_step.c)."""
 
     kernels: Kernels
     blocks: ctypes.Array  # of _Block, one per layer, pointing into `tensors`
     tensors: tuple[torch.Tensor, ...]  # kept alive for as long as `blocks` points at them
+    dtype: torch.dtype
     n_head: int
     hidden: int  # the MLP's width
     eps: float
     gelu: int
-
-    MAX_ROWS = 32  # beyond this, prefill-sized products: MKL's (model/matmul.py)
+    # Beyond this many sequences the products are faster in MKL (float32) or oneDNN (bfloat16): model/matmul.py.
+    max_rows: int
 
     @classmethod
-    def make(cls, kernels: Kernels, layers: list[list[torch.Tensor | None]], n_head: int, eps: float,
+    def make(cls, kernels: Kernels, layers: list[list[torch.Tensor | None]], n_head: int, hidden: int, eps: float,
              tanh_gelu: bool) -> "DecodeStep":
         """`layers`: per block, [ln_1 weight, ln_1 bias, c_attn panels, bias, attention c_proj panels, bias, ln_2
-        weight, bias, c_fc panels, bias, MLP c_proj panels, bias], float32 and contiguous; biases may be None."""
+        weight, bias, c_fc panels, bias, MLP c_proj panels, bias], contiguous, all float32 or all bfloat16 (then
+        with even widths); biases may be None."""
         tensors = tuple(t for layer in layers for t in layer if t is not None)
-        assert all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+        dtype = tensors[0].dtype
+        assert supports(kernels, dtype) and all(t.dtype == dtype and t.is_contiguous() for t in tensors)
         blocks = (_Block * len(layers))(*(_Block(*(t.data_ptr() if t is not None else None for t in layer))
                                           for layer in layers))
-        return cls(kernels, blocks, tensors, n_head, layers[0][10].shape[1], eps,
-                   GELU_TANH if tanh_gelu else GELU_ERF)
+        return cls(kernels, blocks, tensors, dtype, n_head, hidden, eps,
+                   GELU_TANH if tanh_gelu else GELU_ERF, 32 if dtype == torch.float32 else 8)
 
     def __call__(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor,
                  positions: torch.Tensor) -> None:
         """Run x ([B, C], one new token of each sequence) through every block in place, writing each layer's key
         and value at positions[b] of slot slots[b] of the cache k, v ([n_layer, n_slots, H, block, D])."""
         B, C = x.shape
-        assert x.is_contiguous() and k.dtype == x.dtype == torch.float32 and B <= self.MAX_ROWS
-        status = self.kernels.lib.gs_decode_blocks_f32(
-            x.data_ptr(), B, C, self.n_head, self.hidden, len(self.blocks), self.blocks, k.data_ptr(), v.data_ptr(),
-            k.shape[1], k.shape[3], slots.data_ptr(), positions.data_ptr(), self.eps, self.gelu,
-            torch.get_num_threads())
+        assert x.is_contiguous() and k.dtype == x.dtype == self.dtype and B <= self.max_rows
+        lib = self.kernels.lib
+        fn = lib.gs_decode_blocks_f32 if self.dtype == torch.float32 else lib.gs_decode_blocks_bf16
+        status = fn(x.data_ptr(), B, C, self.n_head, self.hidden, len(self.blocks), self.blocks, k.data_ptr(),
+                    v.data_ptr(), k.shape[1], k.shape[3], slots.data_ptr(), positions.data_ptr(), self.eps, self.gelu,
+                    torch.get_num_threads())
         if status != 0:
             raise MemoryError("no memory for a decode step's activations")
 

@@ -160,17 +160,20 @@ class GPT(nn.Module):
         return self.eval().requires_grad_(False)
 
     def _native_step(self) -> cpu_kernels.DecodeStep | None:
-        """The blocks of a decode step as one native call, where every projection has the float32 panel layout."""
+        """The blocks of a decode step as one native call, where every projection has the panel layout."""
         blocks = self.transformer.h
         linears = [m.frozen for m in blocks.modules() if isinstance(m, Linear)]
-        if not all(f is not None and f.panels is not None and f.panels.dtype == torch.float32 for f in linears):
+        if not all(f is not None and f.panels is not None for f in linears):
             return None
+        if linears[0].plain.dtype == torch.bfloat16 and (self.config.n_embd % 2 or self.config.mlp_width % 2):
+            return None  # the bfloat16 products take pairs along K
         layers = [[b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.frozen.panels, b.attn.c_attn.frozen.bias,
                    b.attn.c_proj.frozen.panels, b.attn.c_proj.frozen.bias, b.ln_2.weight, b.ln_2.bias,
                    b.mlp.c_fc.frozen.panels, b.mlp.c_fc.frozen.bias, b.mlp.c_proj.frozen.panels, b.mlp.c_proj.frozen.bias]
                   for b in blocks]
-        return cpu_kernels.DecodeStep.make(linears[0].kernels, layers, self.config.n_head, self.config.layer_norm_eps,
-                                           self.config.activation == "gelu_tanh")
+        c = self.config
+        return cpu_kernels.DecodeStep.make(linears[0].kernels, layers, c.n_head, c.mlp_width, c.layer_norm_eps,
+                                           c.activation == "gelu_tanh")
 
     def num_params(self) -> int:
         """Parameter count without double-counting the tied embedding / output matrix."""
@@ -188,7 +191,7 @@ class GPT(nn.Module):
         mask = None if T == 1 and cache.attends_natively else self._mask(batch, positions)
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)
         B = idx.shape[0]
-        if T == 1 and self._step is not None and cache.attends_natively and B <= self._step.MAX_ROWS:
+        if T == 1 and self._step is not None and cache.attends_natively and B <= self._step.max_rows:
             self._step(x.view(B, -1), cache.k, cache.v, batch.slots, batch.start_pos)
             return self.transformer.ln_f(x)
         for layer, block in enumerate(self.transformer.h):

@@ -152,28 +152,35 @@ def test_decode_attention_matches_sdpa_over_each_sequences_own_positions(dtype: 
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("batch", [1, 5, 32])
-def test_native_decode_step_matches_the_torch_blocks(activation: str, bias: bool, batch: int) -> None:
+@pytest.mark.parametrize("batch", [1, 5, None])  # None: as many sequences as the native step takes
+def test_native_decode_step_matches_the_torch_blocks(dtype: torch.dtype, tol: float, activation: str, bias: bool,
+                                                     batch: int | None) -> None:
     """The one-call step (DecodeStep) against the same frozen model stepping block by block in torch: logits and
-    every cache row it writes, for slots out of order and sequences at different positions up to the context end."""
+    every cache row it writes, for slots out of order and sequences at different positions up to the context end.
+    bfloat16 rounds in other places than torch does (once per fused epilogue), hence its looser tolerance."""
+    if not cpu_kernels.supports(cpu_kernels.load(), dtype):
+        pytest.skip("no AVX512-BF16 here")
     # 48 wide: a panel tail in every product; heads of 16, the narrowest the native attention takes.
     config = GPTConfig(n_layer=3, n_head=3, n_embd=48, block_size=40, vocab_size=300, bias=bias, activation=activation)
-    native = random_gpt(config, seed=batch).freeze(config.vocab_size)
+    native, stepwise = (random_gpt(config, seed=batch or 0).to(dtype).freeze(config.vocab_size) for _ in range(2))
     assert native._step is not None
-    stepwise = random_gpt(config, seed=batch).freeze(config.vocab_size)
     stepwise._step = None
+    batch = batch or native._step.max_rows
     torch.manual_seed(batch)
     slots = torch.randperm(batch + 2)[:batch].tolist()
     lengths = torch.randint(1, config.block_size - 1, (batch,)).tolist()
     lengths[0] = config.block_size - 1  # its new token takes the context's last position
-    caches = [KVCache(config, batch + 2, "cpu", torch.float32) for _ in range(2)]
+    caches = [KVCache(config, batch + 2, "cpu", dtype) for _ in range(2)]
     prompts, ids = torch.randint(0, 300, (1, config.block_size)), torch.randint(0, 300, (batch, 1))
     with torch.inference_mode():
         for model, cache in zip((native, stepwise), caches):
             for slot, n in zip(slots, lengths):
                 model(Batch.make(prompts[:, :n], [0], [slot]), cache)
         got, expected = (model(Batch.make(ids, lengths, slots), cache) for model, cache in zip((native, stepwise), caches))
-    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
-    assert torch.allclose(caches[0].k, caches[1].k, atol=1e-5) and torch.allclose(caches[0].v, caches[1].v, atol=1e-5)
+    scale = expected.abs().max().item()
+    assert (got.float() - expected.float()).abs().max().item() <= tol * scale
+    for ours, theirs in ((caches[0].k, caches[1].k), (caches[0].v, caches[1].v)):
+        assert (ours.float() - theirs.float()).abs().max().item() <= tol * theirs.abs().max().item()

@@ -6,9 +6,6 @@
  */
 #include "kernels.h"
 
-static inline void store_f32(float *p, __m512 v) { _mm512_storeu_ps(p, v); }
-static inline void store_bf16(uint16_t *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v)); }
-
 /* One head: q [D] over k, v [len, D] -> out [D]. */
 #define DEFINE_ATTEND(name, T, load, store)                                                                   \
     void name(const T *q, const T *k, const T *v, int64_t len, int64_t D, float scale, T *out) {             \
@@ -51,7 +48,7 @@ static inline void store_bf16(uint16_t *p, __m512 v) { _mm256_storeu_si256((__m2
                 a1 = _mm512_fmadd_ps(_mm512_set1_ps(scores[l + 1]), load(v + (l + 1) * D + d, ALL), a1);      \
             }                                                                                                 \
             if (l < len) a0 = _mm512_fmadd_ps(_mm512_set1_ps(scores[l]), load(v + l * D + d, ALL), a0);       \
-            store(out + d, _mm512_mul_ps(_mm512_add_ps(a0, a1), inv));                                        \
+            store(out + d, ALL, _mm512_mul_ps(_mm512_add_ps(a0, a1), inv));                                   \
         }                                                                                                     \
     }
 

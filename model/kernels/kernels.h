@@ -47,8 +47,17 @@ static inline __m512 load_bf16(const uint16_t *p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
+static inline void store_f32(float *p, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
+static inline void store_bf16(uint16_t *p, __mmask16 m, __m512 v) {
+    _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
 void gs_matmul_f32_ws(const float *x, int64_t M, int64_t K, const float *wp, int64_t N, const float *bias, float *y,
                       int epilogue);
+void gs_matmul_bf16_ws(const uint16_t *x, int64_t M, int64_t K, const uint16_t *wp, int64_t N, const uint16_t *bias,
+                       uint16_t *y, int epilogue);
 void gs_attend_f32(const float *q, const float *k, const float *v, int64_t len, int64_t D, float scale, float *out);
+void gs_attend_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t len, int64_t D, float scale,
+                    uint16_t *out);
 
 #endif

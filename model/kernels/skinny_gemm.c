@@ -100,8 +100,8 @@ static inline __attribute__((always_inline)) void panel_f32(
     for (int64_t k = STREAMS * run; k < K; k++) step_f32(acc, x, K, wp, k, rows);
     for (int r = 0; r < rows; r++) {
         float *yr = y + r * N;
-        _mm512_mask_storeu_ps(yr, m0, finish(acc[r][0], load_f32(yr, epilogue == ADD ? m0 : 0), epilogue));
-        _mm512_mask_storeu_ps(yr + 16, m1, finish(acc[r][1], load_f32(yr + 16, epilogue == ADD ? m1 : 0), epilogue));
+        store_f32(yr, m0, finish(acc[r][0], load_f32(yr, epilogue == ADD ? m0 : 0), epilogue));
+        store_f32(yr + 16, m1, finish(acc[r][1], load_f32(yr + 16, epilogue == ADD ? m1 : 0), epilogue));
     }
 }
 
@@ -135,10 +135,8 @@ static inline __attribute__((always_inline)) void panel_bf16(
     for (int64_t k = STREAMS * run; k < pairs; k++) step_bf16(acc, x, K, wp, k, rows);
     for (int r = 0; r < rows; r++) {
         uint16_t *yr = y + r * N;
-        __m512 v0 = finish(acc[r][0], load_bf16(yr, epilogue == ADD ? m0 : 0), epilogue);
-        __m512 v1 = finish(acc[r][1], load_bf16(yr + 16, epilogue == ADD ? m1 : 0), epilogue);
-        _mm256_mask_storeu_epi16(yr, m0, (__m256i)_mm512_cvtneps_pbh(v0));
-        _mm256_mask_storeu_epi16(yr + 16, m1, (__m256i)_mm512_cvtneps_pbh(v1));
+        store_bf16(yr, m0, finish(acc[r][0], load_bf16(yr, epilogue == ADD ? m0 : 0), epilogue));
+        store_bf16(yr + 16, m1, finish(acc[r][1], load_bf16(yr + 16, epilogue == ADD ? m1 : 0), epilogue));
     }
 }
 
