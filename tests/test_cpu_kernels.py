@@ -163,6 +163,21 @@ def test_native_decode_step_matches_the_torch_blocks(dtype: torch.dtype, tol: fl
     bfloat16 rounds in other places than torch does (once per fused epilogue), hence its looser tolerance."""
     if not cpu_kernels.supports(cpu_kernels.load(), dtype):
         pytest.skip("no AVX512-BF16 here")
+    compare_native_step(dtype, tol, activation, bias, batch)
+
+
+@needs_kernels
+def test_native_decode_step_with_more_threads_than_cpus() -> None:
+    """Then the step synchronizes with libgomp's barrier instead of spinning (kernels.h, team_sync)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads((os.cpu_count() or 1) + 1)
+    try:
+        compare_native_step(torch.float32, 1e-4, "gelu_tanh", True, 5)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def compare_native_step(dtype: torch.dtype, tol: float, activation: str, bias: bool, batch: int | None) -> None:
     # 48 wide: a panel tail in every product; heads of 16, the narrowest the native attention takes.
     config = GPTConfig(n_layer=3, n_head=3, n_embd=48, block_size=40, vocab_size=300, bias=bias, activation=activation)
     native, stepwise = (random_gpt(config, seed=batch or 0).to(dtype).freeze(config.vocab_size) for _ in range(2))

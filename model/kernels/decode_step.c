@@ -16,10 +16,10 @@ typedef struct {
     const void *ln1_w, *ln1_b, *qkv, *qkv_b, *proj, *proj_b, *ln2_w, *ln2_b, *fc, *fc_b, *out, *out_b;
 } Block;
 
-/* LayerNorm of each of B rows of x [B, C] into out, threads splitting the rows. */
+/* LayerNorm of each of B rows of x [B, C] into out, threads splitting the rows (no barrier at the end). */
 #define DEFINE_LAYER_NORM(name, T, load, store)                                                               \
     static void name(const T *x, int64_t B, int64_t C, const T *w, const T *b, float eps, T *out) {           \
-        _Pragma("omp for schedule(static)")                                                                   \
+        _Pragma("omp for schedule(static) nowait")                                                            \
         for (int64_t r = 0; r < B; r++) {                                                                     \
             const T *xr = x + r * C;                                                                          \
             __m512 sum = _mm512_setzero_ps(), squares = sum;                                                  \
@@ -51,23 +51,34 @@ typedef struct {
         T *ln = malloc(sizeof(T) * B * (5 * C + hidden));                                                     \
         if (!ln) return -1;                                                                                   \
         T *qkv = ln + B * C, *att = qkv + B * 3 * C, *h = att + B * C;                                        \
+        TeamBarrier barrier = {0, 0, threads <= omp_get_num_procs()};                                         \
         _Pragma("omp parallel num_threads(threads)")                                                          \
-        for (int64_t l = 0; l < n_layer; l++) {                                                               \
-            const Block *w = blocks + l;                                                                      \
-            layer_norm(x, B, C, w->ln1_w, w->ln1_b, eps, ln);                                                 \
-            matmul_ws(ln, B, C, w->qkv, 3 * C, w->qkv_b, qkv, STORE);                                         \
-            _Pragma("omp for schedule(static)")                                                               \
-            for (int64_t bh = 0; bh < B * H; bh++) {                                                          \
-                int64_t b = bh / H, at = l * layer_size + (slots[b] * H + bh % H) * block * D;                \
-                const T *q = qkv + b * 3 * C + bh % H * D;                                                    \
-                memcpy(k + at + pos[b] * D, q + C, sizeof(T) * D);                                            \
-                memcpy(v + at + pos[b] * D, q + 2 * C, sizeof(T) * D);                                        \
-                attend(q, k + at, v + at, pos[b] + 1, D, scale, att + b * C + bh % H * D);                    \
+        {                                                                                                     \
+            int phase = 0;                                                                                    \
+            for (int64_t l = 0; l < n_layer; l++) {                                                           \
+                const Block *w = blocks + l;                                                                  \
+                layer_norm(x, B, C, w->ln1_w, w->ln1_b, eps, ln);                                             \
+                team_sync(&barrier, &phase);                                                                  \
+                matmul_ws(ln, B, C, w->qkv, 3 * C, w->qkv_b, qkv, STORE);                                     \
+                team_sync(&barrier, &phase);                                                                  \
+                _Pragma("omp for schedule(static) nowait")                                                    \
+                for (int64_t bh = 0; bh < B * H; bh++) {                                                      \
+                    int64_t b = bh / H, at = l * layer_size + (slots[b] * H + bh % H) * block * D;            \
+                    const T *q = qkv + b * 3 * C + bh % H * D;                                                \
+                    memcpy(k + at + pos[b] * D, q + C, sizeof(T) * D);                                        \
+                    memcpy(v + at + pos[b] * D, q + 2 * C, sizeof(T) * D);                                    \
+                    attend(q, k + at, v + at, pos[b] + 1, D, scale, att + b * C + bh % H * D);                \
+                }                                                                                             \
+                team_sync(&barrier, &phase);                                                                  \
+                matmul_ws(att, B, C, w->proj, C, w->proj_b, x, ADD);                                          \
+                team_sync(&barrier, &phase);                                                                  \
+                layer_norm(x, B, C, w->ln2_w, w->ln2_b, eps, ln);                                             \
+                team_sync(&barrier, &phase);                                                                  \
+                matmul_ws(ln, B, C, w->fc, hidden, w->fc_b, h, gelu);                                         \
+                team_sync(&barrier, &phase);                                                                  \
+                matmul_ws(h, B, hidden, w->out, C, w->out_b, x, ADD);                                         \
+                team_sync(&barrier, &phase);                                                                  \
             }                                                                                                 \
-            matmul_ws(att, B, C, w->proj, C, w->proj_b, x, ADD);                                              \
-            layer_norm(x, B, C, w->ln2_w, w->ln2_b, eps, ln);                                                 \
-            matmul_ws(ln, B, C, w->fc, hidden, w->fc_b, h, gelu);                                             \
-            matmul_ws(h, B, hidden, w->out, C, w->out_b, x, ADD);                                             \
         }                                                                                                     \
         free(ln);                                                                                             \
         return 0;                                                                                             \

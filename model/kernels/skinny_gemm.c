@@ -47,7 +47,7 @@ static inline __m512 finish(__m512 v, __m512 old, int epilogue) {
 #define DEFINE_MATMUL(name, T, panel_fn)                                                                         \
     void name##_ws(const T *x, int64_t M, int64_t K, const T *wp, int64_t N, const T *bias, T *y, int epilogue) { \
         int64_t panels = (N + PANEL - 1) / PANEL;                                                               \
-        _Pragma("omp for schedule(static)")                                                                     \
+        _Pragma("omp for schedule(static) nowait")                                                              \
         for (int64_t p = 0; p < panels; p++) {                                                                  \
             const T *w = wp + p * K * PANEL, *b = bias ? bias + p * PANEL : 0;                                  \
             int cols = (int)(N - p * PANEL < PANEL ? N - p * PANEL : PANEL);                                    \
