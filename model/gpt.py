@@ -148,8 +148,9 @@ class GPT(nn.Module):
 
         The tied embedding is [vocab, n_embd]; scoring with it through F.linear is the slowest step of a CPU
         decode, and an [n_embd, vocab] copy is much faster (docs/BENCHMARKS.md). On the CPU every
-        projection also gets the layouts of the faster kernels (model/matmul.py). Costs memory: one output
-        matrix on a GPU; on the CPU one more copy of the weights (two in bfloat16).
+        projection also gets the layouts of the faster kernels (model/matmul.py), and a decode step runs all
+        blocks in one native call (`_native_step`; the blocks below stay the reference and every other path).
+        Costs memory: one output matrix on a GPU; on the CPU one more copy of the weights (two in bfloat16).
         """
         self.n_logits = n_logits
         self._head = FrozenWeight.make(self.lm_head.weight[:n_logits].t().contiguous(), None)
