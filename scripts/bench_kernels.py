@@ -1,7 +1,9 @@
 """A/B of the native CPU kernels inside the real model: the same frozen GPT-2 124M, steps alternating between
-the kernels gptserve picks (model/matmul.py, KVCache.attend) and torch's kernels alone (MKL or oneDNN, SDPA),
-so that machine noise hits both. For docs/BENCHMARKS.md.
-Usage: python scripts/bench_kernels.py DTYPE [BATCH,...] [matmul|attention|all]   (which kernels to switch)
+the kernels gptserve picks and others, so that machine noise hits both. For docs/BENCHMARKS.md.
+Usage: python scripts/bench_kernels.py DTYPE [BATCH,...] [matmul|attention|step|all]
+  all: everything native (the one-call step, model/matmul.py's picks, KVCache.attend) vs torch's kernels alone;
+  matmul / attention: that kernel vs torch's, both sides stepping block by block in torch;
+  step: the one-call step vs the same kernels called operation by operation.
 """
 
 import statistics
@@ -30,6 +32,7 @@ def main() -> None:
         model = load_model(folder, "cpu", dtype, progress=False).model
     frozen = [m.frozen for m in model.modules() if isinstance(m, Linear)] + [model._head]
     panels = [f.panels for f in frozen]
+    one_call = model._step
 
     for batch in batches:
         cache = KVCache(model.config, batch, "cpu", next(model.parameters()).dtype)
@@ -37,8 +40,9 @@ def main() -> None:
 
         def use_native(on: bool) -> None:
             for f, p in zip(frozen, panels):
-                f.panels = p if on or which == "attention" else None
-            cache._kernels = attention if on or which == "matmul" else None
+                f.panels = p if on or which in ("attention", "step") else None
+            cache._kernels = attention if on or which in ("matmul", "step") else None
+            model._step = one_call if on and which in ("step", "all") else None
 
         steps: dict[bool, list[float]] = {True: [], False: []}
         prefill: dict[bool, list[float]] = {True: [], False: []}
@@ -58,8 +62,8 @@ def main() -> None:
                             steps[native].append(time.perf_counter() - start)
         step = {k: statistics.median(v) * 1000 for k, v in steps.items()}
         pre = {k: 128 / statistics.median(v[batch:]) for k, v in prefill.items()}
-        print(f"{dtype} batch {batch}, switching {which}: decode step {step[True]:.1f} ms with the native kernels, "
-              f"{step[False]:.1f} ms with torch's ({step[False] / step[True]:.2f}x); "
+        print(f"{dtype} batch {batch}, switching {which}: decode step {step[True]:.1f} ms native, "
+              f"{step[False]:.1f} ms without ({step[False] / step[True]:.2f}x); "
               f"128-token prefill {pre[True]:.0f} vs {pre[False]:.0f} tok/s")
 
 
