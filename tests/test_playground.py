@@ -177,9 +177,17 @@ class Browser:
         assert self.js(f"document.querySelector({json.dumps(selector)}).value") == text
 
     def click(self, selector: str) -> None:
-        """A real mouse click in the middle of the element."""
-        box = self.js(f"""(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();
-                                   return [r.x + r.width / 2, r.y + r.height / 2]; }})()""")
+        """A real mouse click in the middle of the element, once it is in view and nothing covers that point
+        (the error box and the model info change the layout while the page works)."""
+        where = f"""(() => {{ const e = document.querySelector({json.dumps(selector)});
+                             e.scrollIntoView({{block: "center"}});
+                             const r = e.getBoundingClientRect(), x = r.x + r.width / 2, y = r.y + r.height / 2;
+                             const hit = document.elementFromPoint(x, y);
+                             return hit && e.contains(hit) ? [x, y] : null; }})()"""
+        deadline = time.monotonic() + 10
+        while (box := self.js(where)) is None:
+            assert time.monotonic() < deadline, f"{selector} stayed covered or out of view"
+            time.sleep(0.05)
         x, y = box
         self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
         self.call("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=1)
@@ -240,6 +248,15 @@ WATCH_OUTPUT = """(() => {
 })()"""
 
 
+def enter_api_key(b: Browser, key: str) -> None:
+    """Type the key, then wait for the model-info line it reloads: that line changes the layout, and a click
+    computed before it settles can land beside the button."""
+    b.fill("#api-key", key)
+    expected = "context 128" if key else "needs the API key"
+    b.wait_for(f"document.getElementById('model-info').innerText.includes({json.dumps(expected)})",
+               what="the model info")
+
+
 def set_parameters(b: Browser, max_tokens: str, temperature: str, top_p: str, seed: str) -> None:
     b.fill("#max-tokens", max_tokens)
     b.fill("#temperature", temperature)
@@ -250,8 +267,7 @@ def set_parameters(b: Browser, max_tokens: str, temperature: str, top_p: str, se
 def test_tokens_stream_into_the_page(server: Server, browser: Browser) -> None:
     b = browser
     b.goto(server.url + "/")
-    b.fill("#api-key", API_KEY)
-    b.wait_for("document.getElementById('model-info').innerText.includes('context 128')", what="the model info")
+    enter_api_key(b, API_KEY)
     b.fill("#prompt", PROMPT)
     set_parameters(b, "48", "0.8", "0.95", "42")
     b.js(WATCH_OUTPUT)
@@ -296,7 +312,7 @@ def test_tokens_stream_into_the_page(server: Server, browser: Browser) -> None:
 def test_errors_are_shown_readably(server: Server, browser: Browser) -> None:
     b = browser
     b.goto(server.url + "/")
-    b.fill("#api-key", "")
+    enter_api_key(b, "")
     b.fill("#prompt", PROMPT)
     set_parameters(b, "16", "0.8", "0.95", "")
     b.click("#generate")
@@ -304,7 +320,7 @@ def test_errors_are_shown_readably(server: Server, browser: Browser) -> None:
     error = b.state()["error"]
     assert "401" in error and "a valid API key is required" in error, error
 
-    b.fill("#api-key", API_KEY)
+    enter_api_key(b, API_KEY)
     b.fill("#temperature", "0")
     b.click("#generate")
     b.wait_for("document.getElementById('error').innerText.includes('422')", what="the 422 error")
@@ -323,7 +339,7 @@ def test_errors_are_shown_readably(server: Server, browser: Browser) -> None:
 def test_stop_aborts_the_stream(server: Server, browser: Browser) -> None:
     b = browser
     b.goto(server.url + "/")
-    b.fill("#api-key", API_KEY)
+    enter_api_key(b, API_KEY)
     b.fill("#prompt", PROMPT)
     set_parameters(b, "100", "0.8", "0.95", "7")
     # The tiny model generates 100 tokens in well under a second; a slow network (4 KB/s, about 25 events/s)
