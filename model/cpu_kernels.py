@@ -203,6 +203,8 @@ class DecodeStep:
         """`layers`: per block, [ln_1 weight, ln_1 bias, c_attn panels, bias, attention c_proj panels, bias, ln_2
         weight, bias, c_fc panels, bias, MLP c_proj panels, bias], contiguous, all float32 or all bfloat16 (then
         with even widths); biases may be None."""
+        # Detached views hold the storage itself: a parameter's .data replaced later cannot free what C points at.
+        layers = [[t.detach() if t is not None else None for t in layer] for layer in layers]
         tensors = tuple(t for layer in layers for t in layer if t is not None)
         dtype = tensors[0].dtype
         assert supports(kernels, dtype) and all(t.dtype == dtype and t.is_contiguous() for t in tensors)

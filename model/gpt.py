@@ -72,6 +72,11 @@ class Linear(nn.Module):
         return y.view(*x.shape[:-1], -1)
 
 
+def _panels_and_bias(linear: Linear) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    assert linear.frozen is not None
+    return linear.frozen.panels, linear.frozen.bias
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -140,7 +145,7 @@ class GPT(nn.Module):
         self.n_logits = config.vocab_size
         # An [n_embd, n_logits] copy of the output matrix for inference (see `freeze`); None while training.
         self._head: FrozenWeight | None = None
-        # Every block of a CPU float32 decode step in one native call, where the kernels run (see `freeze`).
+        # Every block of a CPU decode step in one native call, where the kernels run (see `freeze`).
         self._step: cpu_kernels.DecodeStep | None = None
 
     def freeze(self, n_logits: int) -> "GPT":
@@ -168,9 +173,8 @@ class GPT(nn.Module):
             return None
         if linears[0].plain.dtype == torch.bfloat16 and (self.config.n_embd % 2 or self.config.mlp_width % 2):
             return None  # the bfloat16 products take pairs along K
-        layers = [[b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.frozen.panels, b.attn.c_attn.frozen.bias,
-                   b.attn.c_proj.frozen.panels, b.attn.c_proj.frozen.bias, b.ln_2.weight, b.ln_2.bias,
-                   b.mlp.c_fc.frozen.panels, b.mlp.c_fc.frozen.bias, b.mlp.c_proj.frozen.panels, b.mlp.c_proj.frozen.bias]
+        layers = [[b.ln_1.weight, b.ln_1.bias, *_panels_and_bias(b.attn.c_attn), *_panels_and_bias(b.attn.c_proj),
+                   b.ln_2.weight, b.ln_2.bias, *_panels_and_bias(b.mlp.c_fc), *_panels_and_bias(b.mlp.c_proj)]
                   for b in blocks]
         c = self.config
         return cpu_kernels.DecodeStep.make(linears[0].kernels, layers, c.n_head, c.mlp_width, c.layer_norm_eps,

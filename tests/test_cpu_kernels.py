@@ -194,7 +194,8 @@ def compare_native_step(dtype: torch.dtype, tol: float, activation: str, bias: b
         for model, cache in zip((native, stepwise), caches):
             for slot, n in zip(slots, lengths):
                 model(Batch.make(prompts[:, :n], [0], [slot]), cache)
-        got, expected = (model(Batch.make(ids, lengths, slots), cache) for model, cache in zip((native, stepwise), caches))
+        got, expected = (model(Batch.make(ids, lengths, slots), cache)
+                         for model, cache in zip((native, stepwise), caches))
     scale = expected.abs().max().item()
     assert (got.float() - expected.float()).abs().max().item() <= tol * scale
     for ours, theirs in ((caches[0].k, caches[1].k), (caches[0].v, caches[1].v)):
