@@ -72,6 +72,31 @@ static inline __m512 finish(__m512 v, __m512 old, int epilogue) {
         _Pragma("omp parallel num_threads(threads)") name##_ws(x, M, K, wp, N, bias, y, STORE);                 \
     }
 
+/* One panel (32 output columns) for `rows` rows of x, from bias through the epilogue. `rows` is a literal at every
+ * call site, so the accumulators stay in registers. `step` multiplies one row (float32) or row pair (bfloat16) of
+ * the panel, of which there are `steps`. The panel is read as STREAMS interleaved runs of those: one sequential
+ * stream per core reads at ~21 GB/s here, four at ~27 (the hardware prefetcher keeps more lines in flight), which
+ * is 7-13% of a whole decode step (docs/BENCHMARKS.md). */
+#define STREAMS 4
+#define DEFINE_PANEL(name, T, step, steps, load, store)                                                         \
+    static inline __attribute__((always_inline)) void name(const T *x, int64_t K, const T *wp, const T *bias,   \
+                                                           T *y, int64_t N, int cols, int rows, int epilogue) { \
+        __m512 acc[GROUP][2];                                                                                   \
+        __mmask16 m0 = tail_mask(cols), m1 = tail_mask(cols - 16);                                             \
+        __m512 b0 = bias ? load(bias, m0) : _mm512_setzero_ps();                                               \
+        __m512 b1 = bias ? load(bias + 16, m1) : _mm512_setzero_ps();                                          \
+        for (int r = 0; r < rows; r++) { acc[r][0] = b0; acc[r][1] = b1; }                                      \
+        int64_t run = (steps) / STREAMS;                                                                        \
+        for (int64_t k = 0; k < run; k++)                                                                       \
+            for (int s = 0; s < STREAMS; s++) step(acc, x, K, wp, s * run + k, rows);                           \
+        for (int64_t k = STREAMS * run; k < (steps); k++) step(acc, x, K, wp, k, rows);                         \
+        for (int r = 0; r < rows; r++) {                                                                        \
+            T *yr = y + r * N;                                                                                  \
+            store(yr, m0, finish(acc[r][0], load(yr, epilogue == ADD ? m0 : 0), epilogue));                     \
+            store(yr + 16, m1, finish(acc[r][1], load(yr + 16, epilogue == ADD ? m1 : 0), epilogue));           \
+        }                                                                                                       \
+    }
+
 /* Row k of a float32 panel times x[., k] for every row, into the accumulators. */
 static inline __attribute__((always_inline)) void step_f32(__m512 acc[][2], const float *x, int64_t K, const float *wp,
                                                            int64_t k, int rows) {
@@ -83,29 +108,7 @@ static inline __attribute__((always_inline)) void step_f32(__m512 acc[][2], cons
     }
 }
 
-/* `rows` is a literal at every call site, so the accumulators stay in registers. The panel is read as STREAMS
- * interleaved runs of its rows: one sequential stream per core reads at ~20 GB/s here, four at ~28 (the hardware
- * prefetcher keeps more lines in flight), which is 7-13% of a whole decode step (docs/BENCHMARKS.md). */
-#define STREAMS 4
-static inline __attribute__((always_inline)) void panel_f32(
-    const float *x, int64_t K, const float *wp, const float *bias, float *y, int64_t N, int cols, int rows,
-    int epilogue) {
-    __m512 acc[GROUP][2];
-    __mmask16 m0 = tail_mask(cols), m1 = tail_mask(cols - 16);
-    __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
-    __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
-    for (int r = 0; r < rows; r++) { acc[r][0] = b0; acc[r][1] = b1; }
-    int64_t run = K / STREAMS;
-    for (int64_t k = 0; k < run; k++)
-        for (int s = 0; s < STREAMS; s++) step_f32(acc, x, K, wp, s * run + k, rows);
-    for (int64_t k = STREAMS * run; k < K; k++) step_f32(acc, x, K, wp, k, rows);
-    for (int r = 0; r < rows; r++) {
-        float *yr = y + r * N;
-        store_f32(yr, m0, finish(acc[r][0], load_f32(yr, epilogue == ADD ? m0 : 0), epilogue));
-        store_f32(yr + 16, m1, finish(acc[r][1], load_f32(yr + 16, epilogue == ADD ? m1 : 0), epilogue));
-    }
-}
-
+DEFINE_PANEL(panel_f32, float, step_f32, K, load_f32, store_f32)
 DEFINE_MATMUL(gs_matmul_f32, float, panel_f32)
 
 /* Row pair k of a bfloat16 panel times the pair x[., 2k..2k+1] for every row. */
@@ -122,24 +125,6 @@ static inline __attribute__((always_inline)) void step_bf16(__m512 acc[][2], con
     }
 }
 
-static inline __attribute__((always_inline)) void panel_bf16(
-    const uint16_t *x, int64_t K, const uint16_t *wp, const uint16_t *bias, uint16_t *y, int64_t N, int cols,
-    int rows, int epilogue) {
-    __m512 acc[GROUP][2];
-    __mmask16 m0 = tail_mask(cols), m1 = tail_mask(cols - 16);
-    __m512 b0 = bias ? load_bf16(bias, m0) : _mm512_setzero_ps();
-    __m512 b1 = bias ? load_bf16(bias + 16, m1) : _mm512_setzero_ps();
-    for (int r = 0; r < rows; r++) { acc[r][0] = b0; acc[r][1] = b1; }
-    int64_t pairs = K / 2, run = pairs / STREAMS;
-    for (int64_t k = 0; k < run; k++)
-        for (int s = 0; s < STREAMS; s++) step_bf16(acc, x, K, wp, s * run + k, rows);
-    for (int64_t k = STREAMS * run; k < pairs; k++) step_bf16(acc, x, K, wp, k, rows);
-    for (int r = 0; r < rows; r++) {
-        uint16_t *yr = y + r * N;
-        store_bf16(yr, m0, finish(acc[r][0], load_bf16(yr, epilogue == ADD ? m0 : 0), epilogue));
-        store_bf16(yr + 16, m1, finish(acc[r][1], load_bf16(yr + 16, epilogue == ADD ? m1 : 0), epilogue));
-    }
-}
-
+DEFINE_PANEL(panel_bf16, uint16_t, step_bf16, K / 2, load_bf16, store_bf16)
 /* K must be even (the caller pads x and W with a zero column). Needs AVX512-BF16 at run time; the caller checks. */
 DEFINE_MATMUL(gs_matmul_bf16, uint16_t, panel_bf16)
