@@ -41,7 +41,7 @@ def test_build_writes_a_loadable_library_named_by_its_source(tmp_path: Path) -> 
 
 @needs_kernels
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9, 16, 17, 40])
-@pytest.mark.parametrize("k, n", [(32, 96), (7, 33), (64, 1), (6, 50)])
+@pytest.mark.parametrize("k, n", [(32, 96), (7, 33), (64, 1), (6, 50), (77, 40)])  # 77: runs and a tail
 @pytest.mark.parametrize("bias", [True, False])
 def test_float32_matches_torch(rows: int, k: int, n: int, bias: bool) -> None:
     kernels = cpu_kernels.load()

@@ -74,10 +74,10 @@ static inline __m512 finish(__m512 v, __m512 old, int epilogue) {
 
 /* One panel (32 output columns) for `rows` rows of x, from bias through the epilogue. `rows` is a literal at every
  * call site, so the accumulators stay in registers. `step` multiplies one row (float32) or row pair (bfloat16) of
- * the panel, of which there are `steps`. The panel is read as STREAMS interleaved runs of those: one sequential
- * stream per core reads at ~21 GB/s here, four at ~27 (the hardware prefetcher keeps more lines in flight), which
- * is 7-13% of a whole decode step (docs/BENCHMARKS.md). */
-#define STREAMS 4
+ * the panel, of which there are `steps`. The panel is read as interleaved runs of those: one sequential stream per
+ * core reads at ~21 GB/s here, four at ~27 and eight at ~31 (the hardware prefetcher keeps more lines in flight):
+ * four runs are 7-13% of a whole decode step, eight 2-3% more for one or two rows but slower for more, whose
+ * extra arithmetic per byte already hides the latency (docs/BENCHMARKS.md). */
 #define DEFINE_PANEL(name, T, step, steps, load, store)                                                         \
     static inline __attribute__((always_inline)) void name(const T *x, int64_t K, const T *wp, const T *bias,   \
                                                            T *y, int64_t N, int cols, int rows, int epilogue) { \
@@ -86,10 +86,11 @@ static inline __m512 finish(__m512 v, __m512 old, int epilogue) {
         __m512 b0 = bias ? load(bias, m0) : _mm512_setzero_ps();                                               \
         __m512 b1 = bias ? load(bias + 16, m1) : _mm512_setzero_ps();                                          \
         for (int r = 0; r < rows; r++) { acc[r][0] = b0; acc[r][1] = b1; }                                      \
-        int64_t run = (steps) / STREAMS;                                                                        \
+        int streams = rows <= 2 ? 8 : 4;                                                                        \
+        int64_t run = (steps) / streams;                                                                        \
         for (int64_t k = 0; k < run; k++)                                                                       \
-            for (int s = 0; s < STREAMS; s++) step(acc, x, K, wp, s * run + k, rows);                           \
-        for (int64_t k = STREAMS * run; k < (steps); k++) step(acc, x, K, wp, k, rows);                         \
+            for (int s = 0; s < streams; s++) step(acc, x, K, wp, s * run + k, rows);                           \
+        for (int64_t k = streams * run; k < (steps); k++) step(acc, x, K, wp, k, rows);                         \
         for (int r = 0; r < rows; r++) {                                                                        \
             T *yr = y + r * N;                                                                                  \
             store(yr, m0, finish(acc[r][0], load(yr, epilogue == ADD ? m0 : 0), epilogue));                     \
