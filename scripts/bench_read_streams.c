@@ -1,7 +1,8 @@
-/* How fast two threads read 500 MB when each reads its half as S interleaved sequential streams: why the panel
- * products in model/kernels/skinny_gemm.c read each panel as four runs of rows. For docs/BENCHMARKS.md.
+/* How fast two threads read a buffer (500 MB unless given, in MB) again and again when each reads its half as S
+ * interleaved sequential streams: why the panel products in model/kernels/skinny_gemm.c read each panel as
+ * several runs of rows, and what a smaller (cache-resident) working set would gain. For docs/BENCHMARKS.md.
  * Build and run: cc -O2 -mavx512f -fopenmp scripts/bench_read_streams.c -o /tmp/read_streams
- *                for s in 1 2 4 8; do /tmp/read_streams $s; done
+ *                for s in 1 2 4 8; do /tmp/read_streams $s; done;  for mb in 16 128 256; do /tmp/read_streams 4 $mb; done
  */
 #define _POSIX_C_SOURCE 199309L
 #include <immintrin.h>
@@ -21,7 +22,7 @@ static double now(void) {
 int main(int argc, char **argv) {
     int streams = argc > 1 ? atoi(argv[1]) : 1;
     if (streams < 1 || streams > 8) return 2;
-    int64_t n = 500LL * 1024 * 1024 / 4;
+    int64_t n = (argc > 2 ? atoll(argv[2]) : 500) * 1024 * 1024 / 4;
     float *a = aligned_alloc(64, n * 4);
     memset(a, 1, n * 4);
     double best = 0;
@@ -43,7 +44,8 @@ int main(int argc, char **argv) {
         double gbs = n * 4 / (now() - start) / 1e9;
         if (rep && gbs > best) best = gbs; /* the first pass warms up */
     }
-    printf("%d stream(s) per thread, 2 threads: %.1f GB/s (best of 5; %g)\n", streams, best, sink);
+    printf("%lld MB, %d stream(s) per thread, 2 threads: %.1f GB/s (best of 5; %g)\n", (long long)(n * 4 >> 20),
+           streams, best, sink);
     free(a);
     return 0;
 }
