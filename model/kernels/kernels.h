@@ -45,7 +45,7 @@ static inline __m512 exp_ps(__m512 x) {
 
 /* A barrier for a team that is busy on both sides of it: waiters spin, briefly, then yield. libgomp's own barrier
  * sleeps in the kernel under OMP_WAIT_POLICY=PASSIVE (gptserve's default, which keeps idle threads off the CPU
- * between steps), and a decode step has six per layer: spinning makes the step 3-7% faster. With more threads
+ * between steps), and a decode step has six per layer: spinning makes the step ~3% faster (0-7%). With more threads
  * than CPUs spinning only delays the thread being waited for (0.76-0.84x), so there libgomp's barrier is used. */
 typedef struct {
     atomic_int arrived;
