@@ -194,12 +194,11 @@ class DecodeStep:
     hidden: int  # the MLP's width
     eps: float
     gelu: int
-    # Beyond this many sequences the products are faster in MKL (float32) or oneDNN (bfloat16): model/matmul.py.
-    max_rows: int
+    max_rows: int  # beyond this many sequences the products are faster in MKL or oneDNN (model/matmul.py)
 
     @classmethod
     def make(cls, kernels: Kernels, layers: list[list[torch.Tensor | None]], n_head: int, hidden: int, eps: float,
-             tanh_gelu: bool) -> "DecodeStep":
+             tanh_gelu: bool, max_rows: int) -> "DecodeStep":
         """`layers`: per block, [ln_1 weight, ln_1 bias, c_attn panels, bias, attention c_proj panels, bias, ln_2
         weight, bias, c_fc panels, bias, MLP c_proj panels, bias], contiguous, all float32 or all bfloat16 (then
         with even widths); biases may be None."""
@@ -210,8 +209,7 @@ class DecodeStep:
         assert supports(kernels, dtype) and all(t.dtype == dtype and t.is_contiguous() for t in tensors)
         blocks = (_Block * len(layers))(*(_Block(*(t.data_ptr() if t is not None else None for t in layer))
                                           for layer in layers))
-        return cls(kernels, blocks, tensors, dtype, n_head, hidden, eps,
-                   GELU_TANH if tanh_gelu else GELU_ERF, 32 if dtype == torch.float32 else 8)
+        return cls(kernels, blocks, tensors, dtype, n_head, hidden, eps, GELU_TANH if tanh_gelu else GELU_ERF, max_rows)
 
     def __call__(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor,
                  positions: torch.Tensor) -> None:

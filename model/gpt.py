@@ -15,7 +15,7 @@ from torch import nn
 from model import cpu_kernels
 from model.config import GPTConfig
 from model.kv_cache import KVCache
-from model.matmul import FrozenWeight, plain_matmul
+from model.matmul import FrozenWeight, native_rows, plain_matmul
 
 
 @dataclass
@@ -176,9 +176,9 @@ class GPT(nn.Module):
         layers = [[b.ln_1.weight, b.ln_1.bias, *_panels_and_bias(b.attn.c_attn), *_panels_and_bias(b.attn.c_proj),
                    b.ln_2.weight, b.ln_2.bias, *_panels_and_bias(b.mlp.c_fc), *_panels_and_bias(b.mlp.c_proj)]
                   for b in blocks]
-        c = self.config
+        c, dtype = self.config, linears[0].plain.dtype
         return cpu_kernels.DecodeStep.make(linears[0].kernels, layers, c.n_head, c.mlp_width, c.layer_norm_eps,
-                                           c.activation == "gelu_tanh")
+                                           c.activation == "gelu_tanh", max(native_rows(dtype)))
 
     def num_params(self) -> int:
         """Parameter count without double-counting the tied embedding / output matrix."""

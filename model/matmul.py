@@ -21,6 +21,11 @@ NATIVE_F32_ROWS = range(2, 33)
 NATIVE_BF16_ROWS = range(1, 9)
 
 
+def native_rows(dtype: torch.dtype) -> range:
+    """How many rows the native kernel is the fastest for, in this dtype (the measurements above)."""
+    return NATIVE_F32_ROWS if dtype == torch.float32 else NATIVE_BF16_ROWS
+
+
 @dataclass
 class FrozenWeight:
     plain: torch.Tensor  # [in, out]
@@ -45,7 +50,7 @@ class FrozenWeight:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [rows, in] -> [rows, out]."""
         rows = x.shape[0]
-        if self.panels is not None and rows in (NATIVE_F32_ROWS if x.dtype == torch.float32 else NATIVE_BF16_ROWS):
+        if self.panels is not None and rows in native_rows(x.dtype):
             return cpu_kernels.matmul(self.kernels, x, self.panels, self.plain.shape[1], self.bias)
         if self.onednn is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.onednn, self.bias, "none", [], "")
