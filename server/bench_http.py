@@ -4,11 +4,14 @@ Closed loop: for each prompt length and output length given, at each concurrency
 and send the next, until the level's requests are done. Metrics follow vLLM's and TGI's benchmark
 tools: TTFT (request sent → first token), ITL (gaps between consecutive tokens), TPOT ((end-to-end −
 TTFT) / (tokens − 1)), end-to-end latency, requests/s and output tokens/s over the level's wall time.
+Two protocols: TGI's `/generate_stream` (gptserve, TGI) and OpenAI's streaming `/v1/completions` (gptserve,
+vLLM, llama.cpp's llama-server), so that other servers can be loaded by the same client for a side-by-side figure.
 """
 
 import argparse
 import asyncio
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,30 +61,67 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def make_prompt(n_tokens: int) -> str:
-    """A prompt of exactly `n_tokens` GPT-2 tokens ("The" then " the" repeated, one token each)."""
-    return "The" + " the" * (n_tokens - 1)
+# Words that are one GPT-2 token each, capitalized at the start and lower-case after a space.
+WORDS = ("The A One This That It He She We They In On At But And So If When What There Then Now Here How Why "
+         "Where Who All Some Each Every No Yes Our My Your His Her Its Their After Before Once While Since "
+         "Though Still Yet Also Just Only Even Much Many More Most Few Both Either Neither Such Any Other "
+         "Another First Last Next New Old Good").split()
+UNIQUE = 4  # leading tokens that spell a request's number: len(WORDS) ** 4, about 24 million prompts
 
 
-async def one_request(client: httpx.AsyncClient, url: str, prompt: str, new_tokens: int, headers: dict) -> RequestResult:
-    body = {"inputs": prompt, "stream": True,
-            "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True, "details": True}}
+def make_prompt(n_tokens: int, number: int = 0) -> str:
+    """A prompt of exactly `n_tokens` GPT-2 tokens: `number` spelled in base len(WORDS) by the first tokens, then
+    " the" repeated. Consecutive numbers differ in the first token and any two in the first four, so a server that
+    reuses cached prompt prefixes (llama-server, vLLM's prefix caching) prefills nearly all of each prompt, as
+    gptserve always does."""
+    words = []
+    for _ in range(min(UNIQUE, n_tokens)):
+        number, digit = divmod(number, len(WORDS))
+        words.append(WORDS[digit] if not words else " " + WORDS[digit].lower())
+    return "".join(words) + " the" * (n_tokens - len(words))
+
+
+def request_body(api: str, prompt: str, new_tokens: int) -> tuple[str, dict]:
+    """The route and JSON body of one request: `new_tokens` tokens, EOS ignored, streamed."""
+    if api == "openai":
+        return "/v1/completions", {"prompt": prompt, "max_tokens": new_tokens, "stream": True, "ignore_eos": True,
+                                   "stream_options": {"include_usage": True}}
+    return "/generate_stream", {"inputs": prompt, "stream": True,
+                                "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True, "details": True}}
+
+
+def tokens_in(api: str, event: dict) -> int:
+    """How many new tokens one server-sent event carries: each TGI event one; an OpenAI chunk one per choice,
+    except a choice that only closes its stream ("" with a finish_reason, as llama-server sends; a usage chunk has
+    no choices at all)."""
+    if api != "openai":
+        return 1
+    return sum(1 for c in event.get("choices") or [] if c.get("text") or c.get("finish_reason") is None)
+
+
+async def one_request(client: httpx.AsyncClient, url: str, api: str, prompt: str, new_tokens: int,
+                      headers: dict) -> RequestResult:
+    route, body = request_body(api, prompt, new_tokens)
     start = time.perf_counter()
     last = start
     result = RequestResult(ok=False)
+    counted = None  # an OpenAI server's own count (usage), which beats counting chunks
     try:
-        async with client.stream("POST", url.rstrip("/") + "/generate_stream", json=body, headers=headers) as resp:
+        async with client.stream("POST", url.rstrip("/") + route, json=body, headers=headers) as resp:
             if resp.status_code != 200:
                 await resp.aread()
                 result.error = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 return result
             async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
+                if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                     continue
                 event = json.loads(line[5:])
                 if "error" in event:
                     result.error = str(event["error"])
                     return result
+                counted = (event.get("usage") or {}).get("completion_tokens", counted)
+                if not tokens_in(api, event):
+                    continue
                 now = time.perf_counter()
                 if result.tokens == 0:
                     result.ttft = now - start
@@ -90,24 +130,25 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: str, new_toke
                 last = now
                 result.tokens += 1
         result.e2e = time.perf_counter() - start
+        result.tokens = counted or result.tokens
         result.ok = result.tokens > 0
     except httpx.HTTPError as e:
         result.error = f"{type(e).__name__}: {e}"
     return result
 
 
-async def run_level(url: str, concurrency: int, n_requests: int, prompt_len: int, new_tokens: int, headers: dict,
-                    bar: tqdm) -> LevelReport:
-    prompt = make_prompt(prompt_len)
+async def run_level(url: str, api: str, concurrency: int, n_requests: int, prompt_len: int, new_tokens: int,
+                    headers: dict, bar: tqdm) -> LevelReport:
     results: list[RequestResult] = []
-    remaining = list(range(n_requests))
+    first = random.randrange(len(WORDS) ** UNIQUE - n_requests)  # new prompts for every level and every run
+    remaining = list(range(first, first + n_requests))
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as client:
 
         async def worker() -> None:
             while remaining:
-                remaining.pop()
-                results.append(await one_request(client, url, prompt, new_tokens, headers))
+                prompt = make_prompt(prompt_len, remaining.pop())
+                results.append(await one_request(client, url, api, prompt, new_tokens, headers))
                 bar.update(1)
 
         start = time.perf_counter()
@@ -127,7 +168,7 @@ async def run_level(url: str, concurrency: int, n_requests: int, prompt_len: int
         e2e_p50=percentile(e2e, 50), e2e_p90=percentile(e2e, 90), e2e_p99=percentile(e2e, 99))
 
 
-async def sweep(url: str, levels: list[int], requests_per_level: int | None, prompt_lens: list[int],
+async def sweep(url: str, api: str, levels: list[int], requests_per_level: int | None, prompt_lens: list[int],
                 new_tokens: list[int], api_key: str | None, progress: bool = True) -> list[LevelReport]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     points = [(p, n, c) for p in prompt_lens for n in new_tokens for c in levels]
@@ -136,7 +177,7 @@ async def sweep(url: str, levels: list[int], requests_per_level: int | None, pro
     with tqdm(total=sum(counts), unit="req", desc="bench", disable=not progress) as bar:
         for (prompt_len, n_new, level), n in zip(points, counts):
             bar.set_postfix(prompt=prompt_len, new=n_new, concurrency=level)
-            reports.append(await run_level(url, level, n, prompt_len, n_new, headers, bar))
+            reports.append(await run_level(url, api, level, n, prompt_len, n_new, headers, bar))
     return reports
 
 
@@ -185,9 +226,9 @@ def main_http(args: argparse.Namespace) -> None:
     def numbers(text: str) -> list[int]:
         return [int(x) for x in text.split(",")]
 
-    reports = asyncio.run(sweep(args.url, numbers(args.concurrency), args.requests, numbers(args.prompt_len),
+    reports = asyncio.run(sweep(args.url, args.api, numbers(args.concurrency), args.requests, numbers(args.prompt_len),
                                 numbers(args.new_tokens), args.api_key))
-    print(f"HTTP benchmark: {args.url} (ITL: gaps between tokens; TTFT: request sent to first token)")
+    print(f"HTTP benchmark: {args.url}, {args.api} API (ITL: gaps between tokens; TTFT: request sent to first token)")
     print(format_table(reports))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in reports], indent=2))

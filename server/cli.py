@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     http.add_argument("--url", help="the server to load, e.g. http://127.0.0.1:8000")
     http.add_argument("--concurrency", default="1,2,4,8,16,32", help="comma-separated levels")
     http.add_argument("--requests", type=int, default=None, help="requests per level (default 2 x level, at least 8)")
+    http.add_argument("--api", choices=["tgi", "openai"], default="tgi",
+                      help="the protocol: TGI's /generate_stream, or OpenAI's /v1/completions (to load other servers)")
     http.add_argument("--api-key", default=None)
     http.add_argument("--plot", type=Path, default=None, help="write a PNG of throughput and latency here")
     engine = bench.add_argument_group("in-process engine, beside transformers")

@@ -167,6 +167,7 @@ class CompletionRequest(Request):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     user: str | None = None
+    ignore_eos: bool | None = Field(None, description="vLLM's extension: generate max_tokens even past EOS")
     # OpenAI's other fields, accepted at their neutral values only.
     best_of: OnlyOne = Field(None, description="only 1/null")
     suffix: OnlyNull = Field(None, description="only null")

@@ -3,7 +3,16 @@
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
+from model.loader import GPT2_RANKS
+from model.tokenizer import BPETokenizer
+from server.bench_http import WORDS, make_prompt
+from tests.conftest import TINY, random_gpt, save_nanogpt
 from tests.server_util import Server, run_cli
+
+EOS = 50256
 
 
 def test_bench_url_prints_the_table_and_writes_json_and_plot(tiny_ckpt: Path, tmp_path: Path) -> None:
@@ -22,6 +31,38 @@ def test_bench_url_prints_the_table_and_writes_json_and_plot(tiny_ckpt: Path, tm
         assert level["output_tokens_per_s"] > 0 and 0 < level["ttft_p50"] <= level["ttft_p99"]
         assert 0 < level["itl_p50"] <= level["itl_p99"] and level["e2e_p50"] >= level["ttft_p50"]
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_prompts_have_the_length_asked_and_no_common_prefix() -> None:
+    tokenizer = BPETokenizer.from_ranks_file(GPT2_RANKS)
+    numbers = [*range(len(WORDS) + 1), len(WORDS) ** 4 - 1]
+    prompts = [tokenizer.encode(make_prompt(128, i)) for i in numbers]
+    assert all(len(p) == 128 for p in prompts) and len(tokenizer.encode(make_prompt(3, 12345))) == 3
+    assert len({tuple(p[:4]) for p in prompts}) == len(numbers)  # every number its own prompt
+
+
+@pytest.fixture(scope="module")
+def eos_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose most likely next token is always <|endoftext|>."""
+    model = random_gpt(TINY, seed=1)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.wte.weight[EOS] = 5.0
+    return save_nanogpt(model, tmp_path_factory.mktemp("eos") / "ckpt.pt")
+
+
+@pytest.mark.parametrize("api", ["tgi", "openai"])
+def test_bench_url_gets_every_token_through_either_api(eos_ckpt: Path, tmp_path: Path, api: str) -> None:
+    """Each request ignores EOS, so a model that always wants to stop still streams all of them, and the
+    OpenAI route's own usage count agrees with the chunks counted."""
+    with Server(eos_ckpt) as server:
+        result = run_cli("bench", "--url", server.url, "--api", api, "--concurrency", "2", "--requests", "4",
+                         "--prompt-len", "8", "--new-tokens", "6", "--json", str(tmp_path / "b.json"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    [level] = json.loads((tmp_path / "b.json").read_text())
+    assert level["errors"] == 0 and round(level["output_tokens_per_s"] * level["duration_s"]) == 4 * 6
+    assert 0 < level["itl_p50"]
 
 
 def test_bench_engine_compares_with_transformers(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
             seed = None if body.seed is None else (body.seed + j) % SEED_LIMIT
             params = SamplingParams(
                 max_new_tokens=limit, do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
-                top_p=body.top_p, seed=seed, stop=stops,
+                top_p=body.top_p, seed=seed, stop=stops, ignore_eos=bool(body.ignore_eos),
                 frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
                 top_n_tokens=n_top, prompt_logprobs=echo and body.logprobs is not None and not body.stream,
             )
