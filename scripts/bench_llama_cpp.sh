@@ -62,14 +62,15 @@ done
 "$BIN/python" - "$WORK" "$OURS" "$THEIRS" "${ROUNDS:-3}" <<'PY'
 import json, statistics, sys
 work, ours, theirs, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-runs = {port: [json.load(open(f"{work}/http-{port}-{r}.json")) for r in range(1, rounds + 1)] for port in (ours, theirs)}
+runs = {port: [json.load(open(f"{work}/http-{port}-{r}.json")) for r in range(1, rounds + 1)]
+        for port in (ours, theirs)}
 for i, level in enumerate(runs[ours][0]):
-    def med(port, key):
+    def median(port, key):
         return statistics.median(run[i][key] for run in runs[port])
-    a, b = med(ours, "output_tokens_per_s"), med(theirs, "output_tokens_per_s")
-    each = " / ".join(f"{run[i]['output_tokens_per_s']:.1f}" for run in runs[ours])
-    theirs_each = " / ".join(f"{run[i]['output_tokens_per_s']:.1f}" for run in runs[theirs])
-    print(f"{level['concurrency']} stream(s): gptserve {a:.1f} tok/s ({each}), TTFT p50 {med(ours, 'ttft_p50') * 1e3:.0f} ms, "
-          f"ITL p50 {med(ours, 'itl_p50') * 1e3:.1f} ms | llama-server {b:.1f} tok/s ({theirs_each}), TTFT p50 "
-          f"{med(theirs, 'ttft_p50') * 1e3:.0f} ms, ITL p50 {med(theirs, 'itl_p50') * 1e3:.1f} ms | {a / b:.2f}x")
+    def side(name, port):
+        each = " / ".join(f"{run[i]['output_tokens_per_s']:.1f}" for run in runs[port])
+        return (f"{name} {median(port, 'output_tokens_per_s'):.1f} tok/s ({each}), TTFT p50 "
+                f"{median(port, 'ttft_p50') * 1e3:.0f} ms, ITL p50 {median(port, 'itl_p50') * 1e3:.1f} ms")
+    ratio = median(ours, "output_tokens_per_s") / median(theirs, "output_tokens_per_s")
+    print(f"{level['concurrency']} stream(s): {side('gptserve', ours)} | {side('llama-server', theirs)} | {ratio:.2f}x")
 PY
