@@ -60,7 +60,7 @@ class BPETokenizer(Tokenizer):
     def from_vocab_json(cls, path: Path) -> "BPETokenizer":
         """A Hugging Face `vocab.json` (byte-level BPE). Ids are merge ranks, as GPT-2's trainer assigns them."""
         vocab: dict[str, int] = json.loads(path.read_text(encoding="utf-8"))
-        decoder = _unicode_to_byte()
+        decoder = unicode_to_byte()
         ranks, special = {}, {}
         for token, idx in vocab.items():
             if token.startswith("<|") and token.endswith("|>"):
@@ -117,7 +117,7 @@ class StreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-def _unicode_to_byte() -> dict[str, int]:
+def unicode_to_byte() -> dict[str, int]:
     """Inverse of GPT-2's byte-to-printable-character table used in `vocab.json`."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     mapping = {b: chr(b) for b in printable}

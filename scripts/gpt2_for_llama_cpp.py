@@ -13,13 +13,7 @@ from tiktoken.load import load_tiktoken_bpe
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from model.loader import GPT2_RANKS
-
-
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte, as vocab.json and merges.txt spell tokens."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
+from model.tokenizer import unicode_to_byte
 
 
 def merge_of(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
@@ -44,7 +38,7 @@ def main() -> None:
     (out / "config.json").write_text(json.dumps(config))
 
     ranks = load_tiktoken_bpe(str(GPT2_RANKS))
-    spell = byte_to_unicode()
+    spell = {b: ch for ch, b in unicode_to_byte().items()}  # GPT-2's printable stand-in for each byte
     text = lambda token: "".join(spell[b] for b in token)  # noqa: E731
     vocab = {text(token): rank for token, rank in ranks.items()} | {"<|endoftext|>": len(ranks)}
     merges = [" ".join(map(text, merge_of(token, rank, ranks)))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from ab_kernel_sources import kernels_from  # scripts/, on the path when run as a script
 from model import cpu_kernels
 from model.gpt import Batch
 from model.kv_cache import KVCache
@@ -62,11 +63,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         GPT2LMHeadModel(GPT2Config()).save_pretrained(folder)
         model = load_model(folder, "cpu", dtype, progress=False).model
-        cpu_kernels.KERNELS = instrumented_copy(Path(folder) / "kernels")
-        cpu_kernels.SOURCES = sorted(cpu_kernels.KERNELS.glob("*.c"))
-        cpu_kernels.load.cache_clear()
-        kernels = cpu_kernels.load()
-        assert kernels is not None and model._step is not None and batch <= model._step.max_rows
+        kernels = kernels_from(str(instrumented_copy(Path(folder) / "kernels")))
+    assert model._step is not None and batch <= model._step.max_rows, "this batch does not take the one-call step"
     model._step = dataclasses.replace(model._step, kernels=kernels)
     cycles = (ctypes.c_uint64 * 32).in_dll(kernels.lib, "gs_phase_cycles")
     cache = KVCache(model.config, batch, "cpu", next(model.parameters()).dtype)

@@ -34,9 +34,9 @@ def test_known_gpt2_ids(gpt2: BPETokenizer) -> None:
 def test_vocab_json_gives_the_same_tokenizer(gpt2: BPETokenizer, tmp_path: Path) -> None:
     import json
 
-    from model.tokenizer import _unicode_to_byte
+    from model.tokenizer import unicode_to_byte
 
-    to_char = {b: ch for ch, b in _unicode_to_byte().items()}
+    to_char = {b: ch for ch, b in unicode_to_byte().items()}
     vocab = {"".join(to_char[b] for b in gpt2.token_bytes(i)): i for i in range(50256)}
     vocab["<|endoftext|>"] = 50256
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
