@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from model.sampling import SamplerState, SamplingParams, apply_penalties, sample, warp
+from model.sampling import SamplerState, SamplingParams, apply_penalties, draw, sample, warp
 
 LOGITS = torch.log(torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05]))
 
@@ -79,3 +79,31 @@ def test_same_seed_same_draws_and_a_random_seed_is_reported() -> None:
     assert draws[0] == draws[1] and len(set(draws[0])) > 1
     unseeded = state_for(SamplingParams(do_sample=True), [])
     assert unseeded.seed is not None and state_for(SamplingParams(), []).seed is None
+
+
+def test_draws_follow_the_distribution_and_never_pick_a_zero() -> None:
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.15, 0.0, 0.1, 0.05, 0.0])
+    generator = torch.Generator().manual_seed(7)
+    counts = torch.bincount(torch.tensor([draw(probs, generator) for _ in range(20000)]), minlength=8)
+    assert counts[probs == 0].sum() == 0
+    assert (counts / 20000).tolist() == pytest.approx(probs.tolist(), abs=0.012)  # ~3.5 standard deviations
+    assert draw(torch.tensor([0.0, 0.0, 3.0, 0.0]), generator) == 2  # unnormalized, one id with mass
+
+
+def nucleus_by_full_sort(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The definition, over every id: drop a token if the sorted mass before it reaches top_p."""
+    values, order = probs.sort(descending=True)
+    drop = (values.cumsum(-1) - values) >= top_p
+    drop[0] = False
+    return probs.masked_fill(drop.scatter(0, order, drop), 0.0)
+
+
+# Peaked to flat logits: the kept set found among the top 256 (4.0 and 3.0 at 0.5: 12 and 31 ids), the top 4096
+# (4.0 at 0.9 and 0.99, 3.0 at 0.9: 265-2977 ids) and only by sorting every id (3.0 at 0.99, all of 0.5).
+@pytest.mark.parametrize("scale", [4.0, 3.0, 0.5])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_top_p_on_a_full_vocabulary_matches_the_definition(scale: float, top_p: float) -> None:
+    logits = torch.randn(50257, generator=torch.Generator().manual_seed(int(scale * 100 + top_p * 10))) * scale
+    params = SamplingParams(do_sample=True, top_p=top_p)
+    expected = nucleus_by_full_sort(torch.softmax(logits, -1), top_p)
+    assert torch.equal(warp(logits, params), expected / expected.sum())
