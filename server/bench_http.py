@@ -82,10 +82,12 @@ def make_prompt(n_tokens: int, number: int = 0) -> str:
 
 
 def request_body(api: str, prompt: str, new_tokens: int) -> tuple[str, dict]:
-    """The route and JSON body of one request: `new_tokens` tokens, EOS ignored, streamed."""
+    """The route and JSON body of one request: `new_tokens` tokens, greedy, EOS ignored, streamed. Greedy on both
+    routes (TGI's default; temperature 0 for OpenAI's, whose default is 1), so that servers are compared on the same
+    work rather than on their default samplers, as vLLM's benchmark does."""
     if api == "openai":
-        return "/v1/completions", {"prompt": prompt, "max_tokens": new_tokens, "stream": True, "ignore_eos": True,
-                                   "stream_options": {"include_usage": True}}
+        return "/v1/completions", {"prompt": prompt, "max_tokens": new_tokens, "temperature": 0, "stream": True,
+                                   "ignore_eos": True, "stream_options": {"include_usage": True}}
     return "/generate_stream", {"inputs": prompt, "stream": True,
                                 "parameters": {"max_new_tokens": new_tokens, "ignore_eos": True, "details": True}}
 
