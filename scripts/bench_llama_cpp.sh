@@ -3,9 +3,10 @@
 # float32 and bfloat16, 2 threads. Model calls alone (llama-bench: pp128 and tg64 at depth 128; gptserve:
 # scripts/profile_decode.py, decode at positions 128-163), then end to end over HTTP (gptserve serve and
 # llama-server, 8 slots each, both loaded by `gptserve bench --api openai`: prompt 128 + 64 new tokens, 1 and 8
-# streams), alternating rounds so that machine noise hits both. llama.cpp is built from the source that
-# llama-cpp-python's sdist vendors (PyPI is reachable here; GitHub is not) into $LLAMA_WORK, once (~15 minutes on
-# 2 cores); each later run takes ~8 minutes.  Usage: scripts/bench_llama_cpp.sh   (ROUNDS=n, default 3)
+# streams), alternating rounds so that machine noise hits both; both HTTP figures are also given against
+# transformers.generate() (`gptserve bench --engine`), the baseline of the issue's ratios. llama.cpp is built from
+# the source that llama-cpp-python's sdist vendors (PyPI is reachable here; GitHub is not) into $LLAMA_WORK, once
+# (~15 minutes on 2 cores); each later run takes ~10 minutes.  Usage: scripts/bench_llama_cpp.sh   (ROUNDS=n, default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/.venv/bin
@@ -43,6 +44,9 @@ for round in $(seq "${ROUNDS:-3}"); do
   "$BIN/python" scripts/profile_decode.py 1 2 float32,bfloat16 2>/dev/null
 done
 
+echo "== transformers.generate(), the baseline of issue 8's ratios (gptserve bench --engine, float32)"
+"$BIN/gptserve" bench --engine --preset gpt2 --batches 1,8 --repeats 3 --json "$WORK/engine.json" 2>/dev/null | tail -3
+
 echo "== HTTP, float32: gptserve serve vs llama-server, the same client"
 "$BIN/gptserve" serve --model "$MODEL" --dtype float32 --port "$OURS" --max-batch-size 8 --log-level warning &
 GPTSERVE=$!
@@ -64,6 +68,7 @@ import json, statistics, sys
 work, ours, theirs, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 runs = {port: [json.load(open(f"{work}/http-{port}-{r}.json")) for r in range(1, rounds + 1)]
         for port in (ours, theirs)}
+engine = json.load(open(f"{work}/engine.json"))
 for i, level in enumerate(runs[ours][0]):
     def median(port, key):
         return statistics.median(run[i][key] for run in runs[port])
@@ -73,4 +78,9 @@ for i, level in enumerate(runs[ours][0]):
                 f"{median(port, 'ttft_p50') * 1e3:.0f} ms, ITL p50 {median(port, 'itl_p50') * 1e3:.1f} ms")
     ratio = median(ours, "output_tokens_per_s") / median(theirs, "output_tokens_per_s")
     print(f"{level['concurrency']} stream(s): {side('gptserve', ours)} | {side('llama-server', theirs)} | {ratio:.2f}x")
+    baseline = next(r["tokens_per_s"] for r in engine
+                    if r["system"] == "transformers" and r["batch"] == level["concurrency"])
+    print(f"    against transformers.generate() at batch {level['concurrency']} ({baseline:.1f} tok/s): gptserve "
+          f"{median(ours, 'output_tokens_per_s') / baseline:.2f}x, llama-server "
+          f"{median(theirs, 'output_tokens_per_s') / baseline:.2f}x")
 PY
